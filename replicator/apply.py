@@ -1,0 +1,270 @@
+"""The target side: one session that applies folded batches and records progress.
+
+The session runs as PostgreSQL's own apply worker does: ``session_replication_role
+= replica`` (no user triggers, no FK checks), under the pipeline's replication
+origin so its writes are tagged. Each target transaction ends with
+``pg_replication_origin_xact_setup(end_lsn, commit_time)`` and COMMIT, so the
+source position and the data it describes commit together: exactly once.
+
+A table's net changes go out as one COPY into a temporary staging table and one
+round trip of set-based statements (DELETE ... USING, UPDATE ... FROM per group
+of columns, INSERT ... SELECT ... ON CONFLICT). Inserts into a table that cannot
+conflict, or that turn out not to, skip the staging table and COPY straight in.
+
+I/O only: what to apply is decided by :mod:`replicator.batching`, how it is
+spelled by :mod:`replicator.sqlgen`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.conninfo import make_conninfo
+
+from replicator import sqlgen
+from replicator.batching import TableBatch
+from replicator.config import QualifiedName
+from replicator.lsn import INVALID_LSN, Lsn
+from replicator.mapping import TablePlan
+from replicator.protocol.messages import Datum, pg_timestamp_to_datetime
+
+# Text input pinned like the source's output, so values parse the same everywhere.
+TARGET_OPTIONS = (
+    "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c lc_monetary=C"
+)
+
+
+@dataclass(slots=True)
+class ApplyCounts:
+    """What one flush did, for metrics and conflict accounting."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    update_missing: int = 0
+    delete_missing: int = 0
+    per_table: dict[QualifiedName, list[int]] = field(default_factory=dict)
+
+    def add(self, table: QualifiedName, ins: int, upd: int, dele: int) -> None:
+        self.inserted += ins
+        self.updated += upd
+        self.deleted += dele
+        c = self.per_table.setdefault(table, [0, 0, 0])
+        c[0] += ins
+        c[1] += upd
+        c[2] += dele
+
+
+def target_conninfo(dsn: str, application_name: str) -> str:
+    return make_conninfo(
+        dsn,
+        options=TARGET_OPTIONS,
+        application_name=application_name,
+        client_encoding="UTF8",
+        keepalives="1",
+        keepalives_idle="10",
+        keepalives_interval="5",
+        keepalives_count="3",
+        tcp_user_timeout="30000",
+        connect_timeout="15",
+    )
+
+
+class TargetSession:
+    """One connection to the target, owned by one pipeline."""
+
+    def __init__(self, conn: AsyncConnection, origin: str) -> None:
+        self.conn = conn
+        self.origin = origin
+        self.in_transaction = False
+        self._stages: dict[int, tuple] = {}  # target oid -> staging shape created
+        self._dirty: set[int] = set()  # stages holding rows from an earlier flush
+
+    @classmethod
+    async def open(cls, dsn: str, *, origin: str, application_name: str) -> TargetSession:
+        conn = await AsyncConnection.connect(
+            target_conninfo(dsn, application_name), autocommit=True
+        )
+        try:
+            await conn.execute("SET session_replication_role = replica")
+            await conn.execute(
+                "SELECT pg_catalog.pg_replication_origin_session_setup(%s)", [origin]
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, origin)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def progress(self) -> Lsn:
+        """Where this pipeline's committed progress stands (0/0 if it never applied)."""
+        cur = await self.conn.execute(
+            "SELECT pg_catalog.pg_replication_origin_session_progress(true)"
+        )
+        row = await cur.fetchone()
+        return Lsn(str(row[0])) if row and row[0] is not None else INVALID_LSN
+
+    # -- transaction -----------------------------------------------------------------
+
+    async def begin(self) -> None:
+        if not self.in_transaction:
+            await self.conn.execute("BEGIN")
+            self.in_transaction = True
+
+    async def commit(self, end_lsn: Lsn, commit_time: int) -> None:
+        """Record ``end_lsn`` as this origin's progress and commit, in one round trip."""
+        assert self.in_transaction
+        when = pg_timestamp_to_datetime(commit_time)
+        await self.conn.execute(
+            sql.SQL("SELECT pg_catalog.pg_replication_origin_xact_setup({}, {}); COMMIT").format(
+                sql.Literal(str(end_lsn)), sql.Literal(when)
+            )
+        )
+        self.in_transaction = False
+        self._dirty.clear()  # ON COMMIT DELETE ROWS emptied every stage
+
+    async def rollback(self) -> None:
+        if self.in_transaction and not self.conn.closed:
+            await self.conn.execute("ROLLBACK")
+        self.in_transaction = False
+        self._stages.clear()  # stages created in the failed transaction are gone
+        self._dirty.clear()
+
+    async def record_progress(self, lsn: Lsn) -> None:
+        """Move origin progress with no data (idle source): a transaction needs an xid to
+        write a commit record, and the commit record is what carries origin progress."""
+        assert not self.in_transaction
+        await self.conn.execute(
+            sql.SQL(
+                "BEGIN; SELECT pg_catalog.pg_current_xact_id();"
+                " SELECT pg_catalog.pg_replication_origin_xact_setup({}, {}); COMMIT"
+            ).format(sql.Literal(str(lsn)), sql.Literal(dt.datetime.now(dt.UTC)))
+        )
+
+    # -- applying --------------------------------------------------------------------
+
+    async def flush_table(self, tb: TableBatch, counts: ApplyCounts) -> None:
+        """Apply one table's folded changes inside the open transaction."""
+        await self.begin()
+        plan = tb.plan
+        if plan.mode == "keyed":
+            await self._flush_keyed(tb, counts)
+        else:
+            await self._flush_ordered(tb, counts)
+        tb.clear()
+
+    async def _flush_keyed(self, tb: TableBatch, counts: ApplyCounts) -> None:
+        plan = tb.plan
+        groups = tb.update_groups()
+        if not tb.deleted and not groups:
+            inserts = tb.inserts()
+            if await self._try_copy_direct(plan, inserts):
+                counts.add(plan.target.name, len(inserts), 0, 0)
+                return
+        await self._ensure_stage(plan)
+        inserts = tb.inserts()
+        numbered = list(enumerate(groups.items()))
+        data = sqlgen.stage_lines(
+            plan,
+            tb.deleted.keys(),
+            ((g, ((e.old_key, e.values) for e in entries)) for g, (_, entries) in numbered),
+            inserts,
+        )
+        async with self.conn.cursor() as cur:
+            async with cur.copy(sqlgen.copy_into_stage(plan)) as copy:
+                await copy.write(data)
+            statements: list[sql.Composable] = []
+            if tb.deleted:
+                statements.append(sqlgen.delete_from_stage(plan))
+            for g, (skip, _) in numbered:
+                statements.append(sqlgen.update_from_stage(plan, g, skip))
+            if inserts:
+                statements.append(sqlgen.insert_from_stage(plan))
+            await cur.execute(sql.SQL("; ").join(statements))
+            results = [cur.rowcount]
+            while cur.nextset():
+                results.append(cur.rowcount)
+        self._dirty.add(plan.target.oid)
+        it = iter(results)
+        deleted = next(it) if tb.deleted else 0
+        updated = 0
+        for _, (_, entries) in numbered:
+            n = next(it)
+            updated += n
+            counts.update_missing += max(0, len(entries) - n)
+        inserted = next(it) if inserts else 0
+        counts.delete_missing += max(0, len(tb.deleted) - deleted)
+        counts.add(plan.target.name, inserted, updated, deleted)
+
+    async def _try_copy_direct(self, plan: TablePlan, rows: Sequence[Sequence[Datum]]) -> bool:
+        """COPY inserts straight into the table. Where a unique key could conflict, under a
+        savepoint: on a unique violation, undo and let the staged merge decide."""
+        if not rows:
+            return True
+        data = sqlgen.copy_rows(rows)
+        if not plan.conflict_index:
+            async with self.conn.cursor() as cur, cur.copy(sqlgen.copy_direct(plan)) as copy:
+                await copy.write(data)
+            return True
+        await self.conn.execute("SAVEPOINT replicator_copy")
+        try:
+            async with self.conn.cursor() as cur, cur.copy(sqlgen.copy_direct(plan)) as copy:
+                await copy.write(data)
+        except psycopg.errors.UniqueViolation:
+            await self.conn.execute("ROLLBACK TO SAVEPOINT replicator_copy")
+            return False
+        await self.conn.execute("RELEASE SAVEPOINT replicator_copy")
+        return True
+
+    async def _ensure_stage(self, plan: TablePlan) -> None:
+        oid = plan.target.oid
+        shape = (plan.stage_types, plan.key)
+        if self._stages.get(oid) != shape:
+            await self.conn.execute(sqlgen.create_stage(plan))
+            self._stages[oid] = shape
+            self._dirty.discard(oid)
+        elif oid in self._dirty:
+            await self.conn.execute(sqlgen.truncate_stage(plan))
+            self._dirty.discard(oid)
+
+    async def _flush_ordered(self, tb: TableBatch, counts: ApplyCounts) -> None:
+        """Tables without a usable key: changes in source order, one matching row each."""
+        plan = tb.plan
+        pending: list[list[Datum]] = []
+        ins = upd = dele = 0
+        for op in tb.ordered:
+            if op.op == "I":
+                assert op.new is not None
+                pending.append(op.new)
+                continue
+            if pending:
+                await self._try_copy_direct(plan, pending)
+                ins += len(pending)
+                pending = []
+            assert op.old is not None
+            if op.op == "U":
+                assert op.new is not None
+                q, params = sqlgen.update_one_row(plan, op.old, op.new)
+            else:
+                q, params = sqlgen.delete_one_row(plan, op.old)
+            cur = await self.conn.execute(q, params)
+            if op.op == "U":
+                upd += cur.rowcount
+                counts.update_missing += 1 - cur.rowcount
+            else:
+                dele += cur.rowcount
+                counts.delete_missing += 1 - cur.rowcount
+        if pending:
+            await self._try_copy_direct(plan, pending)
+            ins += len(pending)
+        counts.add(plan.target.name, ins, upd, dele)
+
+    async def truncate(self, tables: Sequence[QualifiedName], *, restart_identity: bool) -> None:
+        await self.begin()
+        await self.conn.execute(sqlgen.truncate(tables, restart_identity=restart_identity))

@@ -1,0 +1,177 @@
+"""Transaction assembly: decoded messages in, work items out.
+
+Checks the Begin ... Commit framing, remembers which relations the stream has
+described, drops transactions that carry one of our own replication origins
+(loop prevention where the server cannot filter them), and cuts large
+transactions into chunks so memory stays bounded whatever their size. A chunk
+never mixes two transactions; the last chunk of a transaction carries its Commit.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from replicator.errors import StreamStateError
+from replicator.lsn import Lsn
+from replicator.protocol.messages import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Message,
+    Origin,
+    Relation,
+    Truncate,
+    Type,
+    Update,
+)
+
+ChunkItem = Insert | Update | Delete | Truncate | Relation | LogicalMessage
+
+
+@dataclass(slots=True)
+class TxnChunk:
+    """Consecutive changes of one source transaction."""
+
+    begin: Begin
+    origin: str | None
+    items: list[ChunkItem] = field(default_factory=list)
+    nbytes: int = 0
+    first: bool = True
+    commit: Commit | None = None  # set on the transaction's last chunk
+    skipped: bool = False  # dropped (our own origin): carries no items, only progress
+
+    @property
+    def xid(self) -> int:
+        return self.begin.xid
+
+
+@dataclass(frozen=True, slots=True)
+class NonTransactional:
+    """A ``pg_logical_emit_message(false, ...)`` outside any transaction (heartbeats)."""
+
+    message: LogicalMessage
+    lsn: Lsn
+
+
+WorkItem = TxnChunk | NonTransactional
+
+
+class Assembler:
+    __slots__ = (
+        "_chunk",
+        "_chunk_bytes",
+        "_chunk_items",
+        "_relations",
+        "_skip_origins",
+        "skipped_transactions",
+        "transactions",
+    )
+
+    def __init__(
+        self,
+        *,
+        chunk_bytes: int = 4 * 1024 * 1024,
+        chunk_items: int = 20_000,
+        skip_origins: frozenset[str] = frozenset(),
+    ) -> None:
+        self._chunk_bytes = chunk_bytes
+        self._chunk_items = chunk_items
+        self._skip_origins = skip_origins
+        self._chunk: TxnChunk | None = None
+        self._relations: dict[int, Relation] = {}
+        self.transactions = 0
+        self.skipped_transactions = 0
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._chunk is not None
+
+    def relation(self, relation_id: int) -> Relation | None:
+        return self._relations.get(relation_id)
+
+    def feed(self, msg: Message, lsn: Lsn, nbytes: int) -> WorkItem | None:
+        """Consume one message received at ``lsn``; return a finished work item or None."""
+        chunk = self._chunk
+        match msg:
+            case Insert() | Update() | Delete():
+                if chunk is None:
+                    raise StreamStateError(f"{type(msg).__name__} outside a transaction at {lsn}")
+                if msg.relation_id not in self._relations:
+                    raise StreamStateError(
+                        f"{type(msg).__name__} for undescribed relation {msg.relation_id} "
+                        f"at {lsn} (xid {chunk.xid})"
+                    )
+                return self._add(chunk, msg, nbytes)
+            case Truncate():
+                if chunk is None:
+                    raise StreamStateError(f"Truncate outside a transaction at {lsn}")
+                for rid in msg.relation_ids:
+                    if rid not in self._relations:
+                        raise StreamStateError(
+                            f"Truncate of undescribed relation {rid} at {lsn} (xid {chunk.xid})"
+                        )
+                return self._add(chunk, msg, nbytes)
+            case Relation():
+                self._relations[msg.relation_id] = msg
+                if chunk is None:
+                    return None
+                return self._add(chunk, msg, nbytes)
+            case Type():
+                return None  # type names only matter for binary transfer, which we never use
+            case Begin():
+                if chunk is not None:
+                    raise StreamStateError(
+                        f"Begin of xid {msg.xid} at {lsn} inside xid {chunk.xid}"
+                    )
+                self._chunk = TxnChunk(msg, None)
+                return None
+            case Origin():
+                if chunk is None:
+                    raise StreamStateError(f"Origin outside a transaction at {lsn}")
+                if chunk.items or not chunk.first:
+                    raise StreamStateError(f"Origin after changes in xid {chunk.xid} at {lsn}")
+                chunk.origin = msg.name
+                chunk.skipped = msg.name in self._skip_origins
+                return None
+            case Commit():
+                if chunk is None:
+                    raise StreamStateError(f"Commit outside a transaction at {lsn}")
+                if msg.commit_lsn != chunk.begin.final_lsn:
+                    raise StreamStateError(
+                        f"Commit LSN {msg.commit_lsn} of xid {chunk.xid} does not match "
+                        f"its Begin ({chunk.begin.final_lsn})"
+                    )
+                chunk.commit = msg
+                self._chunk = None
+                self.transactions += 1
+                if chunk.skipped:
+                    self.skipped_transactions += 1
+                return chunk
+            case LogicalMessage():
+                if chunk is None:
+                    if msg.transactional:
+                        raise StreamStateError(
+                            f"transactional message outside a transaction at {lsn}"
+                        )
+                    return NonTransactional(msg, lsn)
+                return self._add(chunk, msg, nbytes)
+            case _:
+                raise StreamStateError(
+                    f"{type(msg).__name__} at {lsn}: streaming and two-phase messages need "
+                    "options this pipeline never requests"
+                )
+
+    def _add(self, chunk: TxnChunk, item: ChunkItem, nbytes: int) -> TxnChunk | None:
+        if chunk.skipped:
+            return None
+        chunk.items.append(item)
+        chunk.nbytes += nbytes
+        if chunk.nbytes < self._chunk_bytes and len(chunk.items) < self._chunk_items:
+            return None
+        # hand over what we have; the transaction goes on in a fresh chunk
+        self._chunk = TxnChunk(chunk.begin, chunk.origin, first=False)
+        return chunk

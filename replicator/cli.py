@@ -1,0 +1,93 @@
+"""Command line: ``replicator run | check | setup | status | demo``.
+
+Exit codes: 0 success, 1 a problem was found (every problem printed), 2 usage.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from replicator import __version__
+from replicator.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, load_config
+from replicator.errors import ConfigError, ReplicatorError
+
+_config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="FILE",
+    envvar=CONFIG_ENV,
+    default=DEFAULT_CONFIG_PATH,
+    show_default=True,
+    show_envvar=True,
+    help="Configuration file (TOML).",
+)
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _run_async(coro: Any) -> Any:
+    import uvloop  # noqa: PLC0415 - only the commands that run a loop need it
+
+    return uvloop.run(coro)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="replicator")
+def main() -> None:
+    """Keep PostgreSQL databases in sync through logical replication, masking on the way."""
+
+
+@main.command()
+@_config_option
+def run(config_path: str) -> None:
+    """Run the daemon in the foreground (systemd Type=notify)."""
+    from replicator import logs  # noqa: PLC0415
+
+    config = _load(config_path)
+    logs.configure(config.service.log_format, config.service.log_level)
+    try:
+        code = _run_async(_run_daemon(config))
+    except ReplicatorError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+async def _run_daemon(config: Config) -> int:
+    from replicator.daemon import Daemon  # noqa: PLC0415
+
+    return await Daemon(config).run()
+
+
+@main.command()
+@_config_option
+def setup(config_path: str) -> None:
+    """Create publications, slots and origins, idempotently."""
+    from replicator.slots import setup as do_setup  # noqa: PLC0415
+
+    config = _load(config_path)
+    try:
+        actions = _run_async(do_setup(config))
+    except ReplicatorError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for action in actions:
+        click.echo(str(action))
+
+
+@main.command()
+@_config_option
+def check(config_path: str) -> None:
+    """Preflight: validate the config (and, later, the databases)."""
+    config = _load(config_path)
+    click.echo(f"{config_path}: config ok, {len(config.pipelines)} pipeline(s)")

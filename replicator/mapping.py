@@ -1,0 +1,238 @@
+"""Table plans: how one source relation lands in its target table.
+
+A :class:`TablePlan` is compiled once per ``Relation`` message from three
+inputs: the relation as the source described it, the table's config (renames,
+exclusions, masks, conflict rule) and facts read from the target catalog
+(:class:`TargetTable`). The hot path then only calls :meth:`TablePlan.project`
+and :meth:`TablePlan.key_of`: plain tuple picks and mask calls.
+
+Pure: no I/O. Errors name the pipeline's source table and the column at fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Final, Literal
+
+from replicator.config import Conflict, QualifiedName, TableConfig
+from replicator.errors import MaskingError, SchemaError
+from replicator.masking import MaskFn, MaskSpec, compile_mask, resolve_masks
+from replicator.protocol.messages import BinaryDatum, Datum, Relation, TupleData
+
+# Types whose values have no default equality operator; rows are matched on their text.
+NO_EQUALITY_TYPES: Final = frozenset(
+    {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetColumn:
+    name: str
+    type_schema: str  # base type (domains resolved): what the staging table uses
+    type_name: str
+    not_null: bool
+    generated: bool
+    max_chars: int | None  # varchar(n)/char(n) limit, for mask fit checks
+    type_category: str  # pg_type.typcategory of the base type ('S' = string)
+
+    @property
+    def has_equality(self) -> bool:
+        base = self.type_name.removeprefix("_")
+        return base not in NO_EQUALITY_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTable:
+    """What the apply needs to know about a target table, read from its catalog."""
+
+    name: QualifiedName
+    oid: int
+    columns: Mapping[str, TargetColumn]
+    unique_keys: tuple[frozenset[str], ...]  # column sets of usable unique indexes
+    primary_key: tuple[str, ...] | None
+
+
+ApplyMode = Literal["keyed", "full_row", "insert_only"]
+
+
+@dataclass(frozen=True, slots=True)
+class TablePlan:
+    relation_id: int
+    source: QualifiedName
+    target: TargetTable
+    columns: tuple[str, ...]  # target columns written, in row order
+    stage_types: tuple[tuple[str, str], ...]  # staging column types (schema, name)
+    key: tuple[int, ...]  # positions of key columns within ``columns``
+    mode: ApplyMode
+    conflict_index: bool  # an ON CONFLICT target exists for ``key``
+    conflict: Conflict
+    masked: frozenset[str]  # target columns that carry a lossy or hashed mask
+    equality: tuple[bool, ...]  # per column: compare typed (True) or as text (False)
+    _pick: Callable[[TupleData], tuple[Datum, ...]] = field(repr=False)
+    _key: Callable[[Sequence[Datum]], tuple[Datum, ...]] = field(repr=False)
+    _masks: tuple[tuple[int, MaskFn], ...] = field(repr=False)
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return tuple(self.columns[i] for i in self.key)
+
+    def project(self, tup: TupleData) -> list[Datum]:
+        """Source tuple -> target-ordered values, masks applied. NULL and unchanged
+        TOAST pass through every mask untouched."""
+        row = list(self._pick(tup))
+        for pos, fn in self._masks:
+            v = row[pos]
+            if v.__class__ is bytes:
+                row[pos] = fn(v)  # type: ignore[arg-type]
+            elif v.__class__ is BinaryDatum:
+                raise MaskingError(
+                    f"{self.source}.{self.columns[pos]}: binary value cannot be masked"
+                )
+        return row
+
+    def key_of(self, row: Sequence[Datum]) -> tuple[Datum, ...]:
+        return self._key(row)
+
+
+def _picker(indexes: Sequence[int]) -> Callable[[Sequence[Datum]], tuple[Datum, ...]]:
+    if not indexes:
+        return lambda _row: ()
+    if len(indexes) == 1:
+        i = indexes[0]
+        return lambda row: (row[i],)
+    return itemgetter(*indexes)  # type: ignore[return-value]
+
+
+def build_plan(
+    relation: Relation,
+    table: TableConfig,
+    target: TargetTable,
+    *,
+    global_masks: Mapping[str, MaskSpec],
+    unclassified: Literal["allow", "deny"],
+    hash_key: bytes | None,
+) -> TablePlan:
+    src = QualifiedName(relation.namespace or "pg_catalog", relation.relation_name)
+    rel_cols = [c.name for c in relation.columns]
+    where = f"{src} -> {target.name}"
+
+    try:
+        specs = resolve_masks(f"{src.schema}.{src.name}", rel_cols, table.mask, global_masks)
+    except ValueError as exc:
+        raise MaskingError(f"{where}: {exc}") from None
+
+    if unclassified == "deny":
+        for name in rel_cols:
+            if name not in specs and name not in table.exclude:
+                raise MaskingError(
+                    f"{where}: column {name!r} has no mask and is not listed as plain "
+                    "(masking.unclassified = 'deny'); classify it or exclude it"
+                )
+
+    picks: list[int] = []
+    columns: list[str] = []
+    by_source: dict[str, int] = {}
+    for i, col in enumerate(relation.columns):
+        dest = table.target_column(col.name)
+        if dest is None:
+            continue
+        tcol = target.columns.get(dest)
+        if tcol is None:
+            raise SchemaError(
+                f"{where}: source column {col.name!r} has no target column {dest!r} "
+                "(add the column, rename it with `columns`, or `exclude` it)"
+            )
+        if tcol.generated:
+            continue  # generated target columns are computed there, never written
+        by_source[col.name] = len(columns)
+        picks.append(i)
+        columns.append(dest)
+
+    # --- key -----------------------------------------------------------------------
+    mode: ApplyMode
+    if table.key is not None:
+        key_src = list(table.key)
+        missing = [k for k in key_src if k not in by_source]
+        if missing:
+            raise SchemaError(f"{where}: key column(s) {missing} are not replicated")
+        mode = "keyed"
+    elif relation.replica_identity in ("d", "i") and any(c.is_key for c in relation.columns):
+        key_src = [c.name for c in relation.columns if c.is_key]
+        for k in key_src:
+            if k not in by_source:
+                raise SchemaError(
+                    f"{where}: replica identity column {k!r} is excluded or has no target "
+                    "column; rows could not be matched"
+                )
+        mode = "keyed"
+    elif relation.replica_identity == "f":
+        key_src = _key_from_target(target, table, by_source)
+        mode = "keyed" if key_src else "full_row"
+    else:
+        key_src = []
+        mode = "insert_only"
+    key = tuple(by_source[k] for k in key_src)
+    key_targets = frozenset(columns[i] for i in key)
+    conflict_index = bool(key) and key_targets in target.unique_keys
+
+    if table.conflict.column is not None and table.conflict.column not in columns:
+        raise SchemaError(
+            f"{where}: conflict column {table.conflict.column!r} is not a replicated column"
+        )
+
+    # --- masks -----------------------------------------------------------------------
+    masks: list[tuple[int, MaskFn]] = []
+    masked: set[str] = set()
+    unique_cols = set().union(*target.unique_keys) if target.unique_keys else set()
+    for name, spec in specs.items():
+        if spec.kind == "plain" or name not in by_source:
+            continue
+        pos = by_source[name]
+        dest = columns[pos]
+        if spec.lossy and (dest in key_targets or dest in unique_cols):
+            raise MaskingError(
+                f"{where}: lossy mask {spec} on key or unique column {dest!r} would merge "
+                "distinct rows; use `hash`, which keeps them distinct"
+            )
+        try:
+            fn = compile_mask(spec, hash_key)
+        except MaskingError as exc:
+            raise MaskingError(f"{where}.{name}: {exc}") from None
+        masks.append((pos, fn))
+        masked.add(dest)
+
+    tcols = [target.columns[c] for c in columns]
+    return TablePlan(
+        relation_id=relation.relation_id,
+        source=src,
+        target=target,
+        columns=tuple(columns),
+        stage_types=tuple((c.type_schema, c.type_name) for c in tcols),
+        key=key,
+        mode=mode,
+        conflict_index=conflict_index,
+        conflict=table.conflict,
+        masked=frozenset(masked),
+        equality=tuple(c.has_equality for c in tcols),
+        _pick=_picker(picks),
+        _key=_picker(key),
+        _masks=tuple(masks),
+    )
+
+
+def _key_from_target(
+    target: TargetTable, table: TableConfig, by_source: Mapping[str, int]
+) -> list[str]:
+    """With REPLICA IDENTITY FULL every column is flagged; use the target's primary key
+    (or a unique key) when all of its columns come from the source."""
+    reverse = {table.target_column(s): s for s in by_source}
+    candidates = []
+    if target.primary_key:
+        candidates.append(target.primary_key)
+    candidates.extend(tuple(sorted(k)) for k in target.unique_keys)
+    for cand in candidates:
+        if all(c in reverse for c in cand):
+            return [reverse[c] for c in cand]  # type: ignore[misc]
+    return []
