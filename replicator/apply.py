@@ -152,12 +152,10 @@ class TargetSession:
     async def flush_table(self, tb: TableBatch, counts: ApplyCounts) -> None:
         """Apply one table's folded changes inside the open transaction."""
         await self.begin()
-        plan = tb.plan
-        if plan.mode == "keyed":
+        if tb.plan.mode == "keyed":
             await self._flush_keyed(tb, counts)
         else:
             await self._flush_ordered(tb, counts)
-        tb.clear()
 
     async def _flush_keyed(self, tb: TableBatch, counts: ApplyCounts) -> None:
         plan = tb.plan
@@ -250,10 +248,10 @@ class TargetSession:
             assert op.old is not None
             if op.op == "U":
                 assert op.new is not None
-                q, params = sqlgen.update_one_row(plan, op.old, op.new)
+                q = sqlgen.update_one_row(plan, op.old, op.new)
             else:
-                q, params = sqlgen.delete_one_row(plan, op.old)
-            cur = await self.conn.execute(q, params)
+                q = sqlgen.delete_one_row(plan, op.old)
+            cur = await self.conn.execute(q)
             if op.op == "U":
                 upd += cur.rowcount
                 counts.update_missing += 1 - cur.rowcount
@@ -264,6 +262,15 @@ class TargetSession:
             await self._try_copy_direct(plan, pending)
             ins += len(pending)
         counts.add(plan.target.name, ins, upd, dele)
+
+    async def update_moved_key(
+        self, plan: TablePlan, old_key: Sequence[Datum], row: Sequence[Datum], counts: ApplyCounts
+    ) -> None:
+        """A key move that cannot be folded (some TOAST values unknown): applied alone."""
+        await self.begin()
+        cur = await self.conn.execute(sqlgen.update_by_key(plan, old_key, row))
+        counts.update_missing += 1 - min(1, cur.rowcount)
+        counts.add(plan.target.name, 0, cur.rowcount, 0)
 
     async def truncate(self, tables: Sequence[QualifiedName], *, restart_identity: bool) -> None:
         await self.begin()

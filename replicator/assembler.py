@@ -11,7 +11,9 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
+from typing import Final
 
 from replicator.errors import StreamStateError
 from replicator.lsn import Lsn
@@ -29,7 +31,12 @@ from replicator.protocol.messages import (
     Update,
 )
 
-ChunkItem = Insert | Update | Delete | Truncate | Relation | LogicalMessage
+# Insert, Update and Delete stay as their raw pgoutput bytes until the applier folds them:
+# a queued change then costs its payload size, not a tree of Python objects.
+RawChange = bytes
+ChunkItem = RawChange | Insert | Update | Delete | Truncate | Relation | LogicalMessage
+CHANGE_TAGS: Final = frozenset(b"IUD")
+_RELID: Final = struct.Struct("!I")
 
 
 @dataclass(slots=True)
@@ -92,6 +99,32 @@ class Assembler:
 
     def relation(self, relation_id: int) -> Relation | None:
         return self._relations.get(relation_id)
+
+    def feed_change(self, payload: bytes, lsn: int) -> WorkItem | None:
+        """An Insert, Update or Delete (tag in :data:`CHANGE_TAGS`) kept undecoded.
+
+        Only the framing is checked here; the applier decodes the tuples."""
+        chunk = self._chunk
+        if chunk is None:
+            raise StreamStateError(
+                f"{chr(payload[0])!r} change outside a transaction at {Lsn(lsn)}"
+            )
+        if len(payload) < 5:
+            raise StreamStateError(f"truncated {chr(payload[0])!r} change at {Lsn(lsn)}")
+        relid = _RELID.unpack_from(payload, 1)[0]
+        if relid not in self._relations:
+            raise StreamStateError(
+                f"change for undescribed relation {relid} at {Lsn(lsn)} (xid {chunk.xid})"
+            )
+        if chunk.skipped:
+            return None
+        items = chunk.items
+        items.append(payload)
+        chunk.nbytes += len(payload)
+        if chunk.nbytes < self._chunk_bytes and len(items) < self._chunk_items:
+            return None
+        self._chunk = TxnChunk(chunk.begin, chunk.origin, first=False)
+        return chunk
 
     def feed(self, msg: Message, lsn: Lsn, nbytes: int) -> WorkItem | None:
         """Consume one message received at ``lsn``; return a finished work item or None."""

@@ -5,20 +5,24 @@ an insert, updates and a delete of the same key collapse into what the target
 must end up with. The result is three sets that the apply runs in this order:
 
 1. ``deleted``: keys (as of the batch start) whose row must go;
-2. ``rows`` of kind UPDATE: change the row found at ``old_key`` (the key at the
-   batch start) to the new values; columns whose TOAST value did not change are
-   left out of that row's update, never overwritten;
+2. ``rows`` of kind UPDATE: change the row found at its key to the new values;
+   columns whose TOAST value did not change are left out of that row's update,
+   never overwritten;
 3. ``rows`` of kind INSERT: full new rows.
 
-Deleting first and inserting last keeps every fold correct when keys move
-(``UPDATE ... SET id = ...``) or are reused (delete then insert). Tables whose
-rows cannot be matched by a key keep their changes in source order instead.
+A key move (``UPDATE ... SET id = ...``) folds into a delete of the old key and an
+insert of the new row; deleting first and inserting last keeps moves that swap
+keys and keys reused after a delete from colliding halfway. A key move whose
+unchanged TOAST values we never received cannot be folded: :meth:`TableBatch.update`
+returns False and the caller applies it alone, in order. Tables whose rows cannot
+be matched by a key keep their changes in source order instead.
 
 Pure: no I/O. Values arrive already projected and masked by the table plan.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -30,6 +34,7 @@ INSERT: Final = 0
 UPDATE: Final = 1
 
 Key = tuple[Datum, ...]
+Row = Sequence[Datum]  # read-only: may be the decoded tuple itself
 
 
 class Entry:
@@ -37,7 +42,7 @@ class Entry:
 
     __slots__ = ("kind", "old_key", "values")
 
-    def __init__(self, kind: int, values: list[Datum], old_key: Key | None) -> None:
+    def __init__(self, kind: int, values: Row, old_key: Key | None) -> None:
         self.kind = kind
         self.values = values
         self.old_key = old_key
@@ -51,8 +56,8 @@ class OrderedOp:
     """A change of a table without a usable key, applied in source order."""
 
     op: str  # "I", "U" or "D"
-    old: list[Datum] | None
-    new: list[Datum] | None
+    old: Row | None
+    new: Row | None
 
 
 @dataclass(slots=True)
@@ -61,23 +66,40 @@ class TableBatch:
     rows: dict[Key, Entry] = field(default_factory=dict)
     deleted: dict[Key, None] = field(default_factory=dict)  # an ordered set
     ordered: list[OrderedOp] = field(default_factory=list)
+    # Inserts not folded yet. While a batch only inserts, keys are unique (the source
+    # enforces it) and nothing needs folding; the first update or delete folds them.
+    appended: list[Row] = field(default_factory=list)
     changes: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.deleted or self.ordered)
+        return bool(self.appended or self.rows or self.deleted or self.ordered)
 
     # -- folding ---------------------------------------------------------------------
 
-    def insert(self, row: list[Datum]) -> None:
+    def insert(self, row: Row) -> None:
         self.changes += 1
         if self.plan.mode != "keyed":
             self.ordered.append(OrderedOp("I", None, row))
-            return
-        self.rows[self.plan.key_of(row)] = Entry(INSERT, row, None)
+        elif not self.rows and not self.deleted:
+            self.appended.append(row)
+        else:
+            self.rows[self.plan.key_of(row)] = Entry(INSERT, row, None)
 
-    def update(self, old: list[Datum] | None, row: list[Datum]) -> None:
+    def _fold_appended(self) -> None:
+        key_of = self.plan.key_of
+        rows = self.rows
+        for row in self.appended:
+            rows[key_of(row)] = Entry(INSERT, row, None)
+        self.appended.clear()
+
+    def update(self, old: Row | None, row: Row) -> bool:
+        """Fold an update. False when it cannot be folded: a key move whose unchanged TOAST
+        values we do not hold. The caller then applies what is folded, and this update
+        alone, in source order."""
         self.changes += 1
         plan = self.plan
+        if self.appended:
+            self._fold_appended()
         if plan.mode != "keyed":
             if plan.mode == "insert_only" or old is None:
                 raise SchemaError(
@@ -85,23 +107,38 @@ class TableBatch:
                     "replica identity key (set REPLICA IDENTITY FULL or add a primary key)"
                 )
             self.ordered.append(OrderedOp("U", old, row))
-            return
+            return True
         key = plan.key_of(row)
         src = plan.key_of(old) if old is not None else key
         prev = self.rows.pop(src, None)
-        if prev is None:
-            self.rows[key] = Entry(UPDATE, row, src)
-            return
-        if UNCHANGED_TOAST in row:
+        merged = row
+        if prev is not None and UNCHANGED_TOAST in row:
             before = prev.values
-            for i, v in enumerate(row):
-                if v is UNCHANGED_TOAST:
-                    row[i] = before[i]
-        self.rows[key] = Entry(prev.kind, row, prev.old_key)
+            merged = [before[i] if v is UNCHANGED_TOAST else v for i, v in enumerate(row)]
+        if prev is not None and prev.kind == INSERT:
+            self.rows[key] = Entry(INSERT, merged, None)  # still an insert, with new values
+            return True
+        base = prev.old_key if prev is not None else src
+        if key == base:
+            self.rows[key] = Entry(UPDATE, merged, base)
+        elif UNCHANGED_TOAST not in merged:
+            # a key move with every value known: delete + insert. Deletes run first and
+            # inserts last, so moves that swap keys never collide halfway.
+            assert base is not None
+            self.deleted[base] = None
+            self.rows[key] = Entry(INSERT, merged, None)
+        else:
+            if prev is not None:
+                self.rows[src] = prev  # undo: the caller flushes it before this update
+            self.changes -= 1
+            return False
+        return True
 
-    def delete(self, old: list[Datum]) -> None:
+    def delete(self, old: Row) -> None:
         self.changes += 1
         plan = self.plan
+        if self.appended:
+            self._fold_appended()
         if plan.mode != "keyed":
             if plan.mode == "insert_only":
                 raise SchemaError(
@@ -121,8 +158,10 @@ class TableBatch:
 
     # -- views for the apply ---------------------------------------------------------
 
-    def inserts(self) -> list[list[Datum]]:
-        return [e.values for e in self.rows.values() if e.kind == INSERT]
+    def inserts(self) -> list[Row]:
+        if not self.rows:
+            return self.appended
+        return [e.values for e in self.rows.values() if e.kind == INSERT] + self.appended
 
     def update_groups(self) -> dict[tuple[int, ...], list[Entry]]:
         """UPDATE entries grouped by the positions they leave alone (unchanged TOAST)."""
@@ -139,7 +178,18 @@ class TableBatch:
             groups.setdefault(skip, []).append(e)
         return groups
 
+    def take(self) -> TableBatch:
+        """Hand over everything folded so far and start empty: the snapshot can be applied
+        in the background while new changes fold here."""
+        snap = TableBatch(
+            self.plan, self.rows, self.deleted, self.ordered, self.appended, self.changes
+        )
+        self.rows, self.deleted, self.ordered, self.appended = {}, {}, [], []
+        self.changes = 0
+        return snap
+
     def clear(self) -> None:
+        self.appended = []
         self.rows.clear()
         self.deleted.clear()
         self.ordered.clear()

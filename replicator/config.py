@@ -183,6 +183,18 @@ class Conflict:
         )
 
 
+def _raise_all(title: str, problems: list[tuple[Loc, str]]) -> None:
+    """Raise every problem at once, each at its own key path (pydantic merges them)."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            title,
+            [
+                InitErrorDetails(type=PydanticCustomError("config", msg), loc=loc, input=None)
+                for loc, msg in problems
+            ],
+        )
+
+
 def _parse_mask(value: object) -> MaskSpec:
     if isinstance(value, MaskSpec):
         return value
@@ -250,9 +262,9 @@ class BatchConfig(_Model):
     max_delay_ms: int = Field(default=500, ge=1, le=60_000)
     # push folded changes to the target (without committing) beyond this much memory,
     # so a huge source transaction never has to fit in memory
-    flush_bytes: ByteSize = Field(default=ByteSize(32 * 1024 * 1024), ge=1024)
+    flush_bytes: ByteSize = Field(default=ByteSize(8 * 1024 * 1024), ge=1024)
     # how much decoded data may wait between the stream and the applier (backpressure)
-    queue_bytes: ByteSize = Field(default=ByteSize(64 * 1024 * 1024), ge=1024)
+    queue_bytes: ByteSize = Field(default=ByteSize(16 * 1024 * 1024), ge=1024)
 
 
 class TableConfig(_Model):
@@ -269,6 +281,11 @@ class TableConfig(_Model):
     @property
     def target_name(self) -> QualifiedName:
         return self.target or self.source
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableConfig:
+        _raise_all("TableConfig", list(_table_problems(self, ())))
+        return self
 
     def target_column(self, source_column: str) -> str | None:
         """The target column a source column lands in, or None when excluded."""
@@ -317,6 +334,11 @@ class PipelineConfig(_Model):
             raise PydanticCustomError("tables", "a pipeline needs at least one [[pipeline.table]]")
         return value
 
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        _raise_all("PipelineConfig", list(_pipeline_problems(self)))
+        return self
+
     @property
     def slot_name(self) -> str:
         return self.slot or f"{NAME_PREFIX}{self.name}"
@@ -351,15 +373,7 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        problems = list(_semantic_problems(self))
-        if problems:
-            raise ValidationError.from_exception_data(
-                "Config",
-                [
-                    InitErrorDetails(type=PydanticCustomError("config", msg), loc=loc, input=None)
-                    for loc, msg in problems
-                ],
-            )
+        _raise_all("Config", list(_semantic_problems(self)))
         return self
 
     def pipeline(self, name: str) -> PipelineConfig:
@@ -372,19 +386,38 @@ class Config(_Model):
 Loc = tuple[str | int, ...]
 
 
+def _pipeline_problems(p: PipelineConfig) -> Iterable[tuple[Loc, str]]:
+    if p.from_ == p.to:
+        yield ("to",), "a pipeline cannot replicate a database into itself"
+    if not _SLOT_RE.match(p.slot_name):
+        yield ("slot",), f"slot name {p.slot_name!r} must be 1-63 characters of a-z0-9_"
+    sources: dict[QualifiedName, int] = {}
+    targets: dict[QualifiedName, int] = {}
+    for j, t in enumerate(p.tables):
+        if t.source in sources:
+            yield (
+                ("table", j, "source"),
+                f"{t.source} is listed twice (also table[{sources[t.source]}])",
+            )
+        sources.setdefault(t.source, j)
+        if t.target_name in targets:
+            yield (
+                ("table", j, "target"),
+                (f"{t.target_name} is the target of table[{targets[t.target_name]}] too"),
+            )
+        targets.setdefault(t.target_name, j)
+
+
 def _semantic_problems(cfg: Config) -> Iterable[tuple[Loc, str]]:
+    """Checks across pipelines (the per-table and per-pipeline ones run in their models)."""
     seen_names: dict[str, int] = {}
     seen_slots: dict[tuple[str, str], int] = {}
-    uses_hash = False
+    uses_hash = any(m.kind == "hash" for m in cfg.masking.columns.values())
     for i, p in enumerate(cfg.pipelines):
         at: Loc = ("pipeline", i)
         if p.name in seen_names:
             yield (*at, "name"), f"duplicate pipeline name (also pipeline[{seen_names[p.name]}])"
         seen_names.setdefault(p.name, i)
-        if p.from_ == p.to:
-            yield (*at, "to"), "a pipeline cannot replicate a database into itself"
-        if not _SLOT_RE.match(p.slot_name):
-            yield (*at, "slot"), f"slot name {p.slot_name!r} must be 1-63 characters of a-z0-9_"
         slot_key = (p.from_, p.slot_name)
         if slot_key in seen_slots:
             yield (
@@ -395,25 +428,7 @@ def _semantic_problems(cfg: Config) -> Iterable[tuple[Loc, str]]:
                 ),
             )
         seen_slots.setdefault(slot_key, i)
-        sources: dict[QualifiedName, int] = {}
-        targets: dict[QualifiedName, int] = {}
-        for j, t in enumerate(p.tables):
-            tat: Loc = (*at, "table", j)
-            if t.source in sources:
-                yield (
-                    (*tat, "source"),
-                    f"{t.source} is listed twice (also table[{sources[t.source]}])",
-                )
-            sources.setdefault(t.source, j)
-            if t.target_name in targets:
-                yield (
-                    (*tat, "target"),
-                    (f"{t.target_name} is the target of table[{targets[t.target_name]}] too"),
-                )
-            targets.setdefault(t.target_name, j)
-            yield from _table_problems(t, tat)
-            uses_hash |= any(m.kind == "hash" for m in t.mask.values())
-    uses_hash |= any(m.kind == "hash" for m in cfg.masking.columns.values())
+        uses_hash |= any(m.kind == "hash" for t in p.tables for m in t.mask.values())
     if uses_hash and not cfg.masking.key_file:
         yield ("masking", "key_file"), "required: a `hash` mask is configured"
     elif uses_hash and cfg.masking.key_file:
@@ -493,7 +508,8 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> Confi
         return Config.model_validate(data, context=context)
     except ValidationError as exc:
         problems = [_describe(e) for e in exc.errors(include_url=False)]
-        raise ConfigError(source, problems) from None
+    # raised outside the except block: pydantic's error holds the raw input, DSNs included
+    raise ConfigError(source, problems)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

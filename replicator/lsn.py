@@ -20,7 +20,7 @@ class Lsn(int):
 
     def __new__(cls, value: int | str | Lsn = 0) -> Lsn:
         if isinstance(value, str):
-            m = _LSN_RE.match(value)
+            m = _LSN_RE.fullmatch(value)
             if m is None:
                 raise ValueError(f"invalid LSN {value!r}: expected X/Y in hex")
             return super().__new__(cls, (int(m[1], 16) << 32) | int(m[2], 16))

@@ -73,14 +73,18 @@ class TablePlan:
     _pick: Callable[[TupleData], tuple[Datum, ...]] = field(repr=False)
     _key: Callable[[Sequence[Datum]], tuple[Datum, ...]] = field(repr=False)
     _masks: tuple[tuple[int, MaskFn], ...] = field(repr=False)
+    _identity: bool = field(default=False, repr=False)  # every source column, in order
 
     @property
     def key_columns(self) -> tuple[str, ...]:
         return tuple(self.columns[i] for i in self.key)
 
-    def project(self, tup: TupleData) -> list[Datum]:
+    def project(self, tup: TupleData) -> Sequence[Datum]:
         """Source tuple -> target-ordered values, masks applied. NULL and unchanged
-        TOAST pass through every mask untouched."""
+        TOAST pass through every mask untouched. The result may be the input tuple
+        itself (no masks, columns one to one): treat it as read-only."""
+        if not self._masks:
+            return tup if self._identity else self._pick(tup)
         row = list(self._pick(tup))
         for pos, fn in self._masks:
             v = row[pos]
@@ -219,6 +223,7 @@ def build_plan(
         _pick=_picker(picks),
         _key=_picker(key),
         _masks=tuple(masks),
+        _identity=picks == list(range(len(relation.columns))),
     )
 
 

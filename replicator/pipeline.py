@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import enum
+import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,20 +31,20 @@ import psycopg
 import structlog
 
 from replicator.apply import ApplyCounts, TargetSession
-from replicator.assembler import Assembler, NonTransactional, TxnChunk, WorkItem
+from replicator.assembler import CHANGE_TAGS, Assembler, NonTransactional, TxnChunk, WorkItem
 from replicator.batching import TableBatch
 from replicator.catalog import read_target_table
 from replicator.config import Config, PipelineConfig, QualifiedName
-from replicator.errors import SlotError
+from replicator.errors import ProtocolError, SlotError
 from replicator.feedback import Feedback
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan, build_plan
-from replicator.protocol.decoder import PgOutputDecoder
-from replicator.protocol.frames import Keepalive, XLogData, parse_frame
+from replicator.protocol.decoder import PgOutputDecoder, decode_insert
+from replicator.protocol.frames import Keepalive, parse_frame
 from replicator.protocol.messages import (
     Commit,
+    Datum,
     Delete,
-    Insert,
     LogicalMessage,
     Relation,
     Truncate,
@@ -57,6 +58,8 @@ HEARTBEAT_PREFIX = "replicator.heartbeat"
 # go) only once it is this far ahead: WAL is recycled by the 16 MB segment anyway, and a
 # threshold keeps two-way pipelines from answering each other's progress records forever.
 IDLE_RECORD_BYTES = 1024 * 1024
+_XLOGDATA_HEADER = 25  # 'w', dataStart, walEnd, sendTime
+_U64 = struct.Struct("!Q")
 _READ_LIMIT = 2000  # frames per reader callback: keeps the loop fair to the applier
 _STATUS_TICK = 0.25  # seconds between feedback checks
 
@@ -131,6 +134,8 @@ class Pipeline:
         self._batch_last: Commit | None = None  # last complete source txn in the open batch
         self._mid_txn = False  # part of a source transaction is in the open batch
         self._unrecorded = INVALID_LSN  # processed but not yet recorded (skipped txns)
+        # at most one flush runs on the target while the next changes fold in Python
+        self._inflight: asyncio.Task[ApplyCounts] | None = None
         self._last_idle_record = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -170,6 +175,11 @@ class Pipeline:
                 await source.close()
                 self._source = None
         finally:
+            if self._inflight is not None:
+                self._inflight.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._inflight
+                self._inflight = None
             with contextlib.suppress(psycopg.Error, OSError):
                 await target.rollback()
             await target.close()
@@ -220,7 +230,11 @@ class Pipeline:
                 ) from exc
             raise
         self._decoder = PgOutputDecoder(pipe.proto_version)
-        self._assembler = Assembler(skip_origins=self.skip_origins)
+        # small chunks: the applier yields to the reader between them, so the walsender's
+        # socket keeps draining while a big transaction folds
+        self._assembler = Assembler(
+            skip_origins=self.skip_origins, chunk_bytes=1024 * 1024, chunk_items=4000
+        )
 
     async def _stream(self, source: ReplicationConnection, target: TargetSession) -> None:
         loop = asyncio.get_running_loop()
@@ -283,22 +297,32 @@ class Pipeline:
             self._feedback,
             self._queue,
         )
+        change_tags = CHANGE_TAGS
+        last_start = 0
+        queued = 0
         for raw in frames:
-            frame = parse_frame(raw)
-            if frame.__class__ is XLogData:
-                lsn = frame.data_start  # type: ignore[union-attr]
-                payload = frame.payload  # type: ignore[union-attr]
-                feedback.on_data(lsn)
-                item = assembler.feed(decoder.decode(payload), lsn, len(payload))
+            if raw[0] == 0x77 and len(raw) > _XLOGDATA_HEADER:  # 'w' XLogData: inlined, hot
+                last_start = _U64.unpack_from(raw, 1)[0]
+                payload = raw[_XLOGDATA_HEADER:]
+                if payload[0] in change_tags:
+                    item = assembler.feed_change(payload, last_start)
+                else:
+                    item = assembler.feed(decoder.decode(payload), Lsn(last_start), len(payload))
                 if item is not None:
                     queue.put_nowait(item)
-                    self.stats.queue_bytes += _item_bytes(item)
-            else:
-                assert isinstance(frame, Keepalive)
+                    queued += _item_bytes(item)
+                continue
+            frame = parse_frame(raw)
+            if isinstance(frame, Keepalive):
                 feedback.on_keepalive(frame.wal_end, reply_requested=frame.reply_requested)
                 if frame.reply_requested:
                     self._send_status(source, force=True)
+            else:
+                raise ProtocolError("empty XLogData frame", offset=len(raw), tag="w")
+        if last_start:
+            feedback.on_data(Lsn(last_start))
         self.stats.received_lsn = feedback.received
+        self.stats.queue_bytes += queued
         if self.stats.queue_bytes > self.pipe.batch.queue_bytes:
             self._pause_reader()  # backpressure: resumed by the applier
         elif len(frames) == _READ_LIMIT:
@@ -359,6 +383,7 @@ class Pipeline:
                 # a large transaction starts: commit the small ones before it, not after
                 await self._commit(target)
             await self._apply_chunk(target, item)
+            await asyncio.sleep(0)  # let the reader run between chunks
             if item.commit is None:
                 continue
             if self._batch_changes >= batch_cfg.max_changes or (
@@ -368,6 +393,7 @@ class Pipeline:
                 await self._commit(target)
         if self._batch_last is not None and not self._mid_txn:
             await self._commit(target)
+        await self._settle()
         if target.in_transaction:
             # stopped in the middle of a source transaction: it will be sent again
             await target.rollback()
@@ -380,25 +406,33 @@ class Pipeline:
             self.stats.skipped_transactions += 1
         tables = self._tables
         plans = self._plans
+        decode = self._decoder.decode
         for item in chunk.items:
+            if item.__class__ is bytes:
+                tag = item[0]  # type: ignore[index]
+                if tag == 0x49:  # Insert: the flat fast path
+                    relid, new = decode_insert(item)  # type: ignore[arg-type]
+                    plan = plans[relid]
+                    if plan is not None:
+                        tables[relid].insert(plan.project(new))
+                    continue
+                msg = decode(item)  # type: ignore[arg-type]
+                plan = plans[msg.relation_id]  # type: ignore[union-attr]
+                if plan is None:
+                    continue
+                if msg.__class__ is Update:
+                    old = msg.old_tuple  # type: ignore[union-attr]
+                    old_row = plan.project(old) if old is not None else None
+                    new_row = plan.project(msg.new_tuple)  # type: ignore[union-attr]
+                    tb = tables[plan.relation_id]
+                    if not tb.update(old_row, new_row):
+                        await self._apply_moved_key(target, tb, old_row, new_row)
+                else:
+                    assert msg.__class__ is Delete
+                    tables[plan.relation_id].delete(plan.project(msg.old_tuple))  # type: ignore[union-attr]
+                continue
             cls = item.__class__
-            if cls is Insert:
-                plan = plans[item.relation_id]  # type: ignore[union-attr]
-                if plan is not None:
-                    tables[plan.relation_id].insert(plan.project(item.new_tuple))  # type: ignore[union-attr]
-            elif cls is Update:
-                plan = plans[item.relation_id]  # type: ignore[union-attr]
-                if plan is not None:
-                    old = item.old_tuple  # type: ignore[union-attr]
-                    tables[plan.relation_id].update(
-                        plan.project(old) if old is not None else None,
-                        plan.project(item.new_tuple),  # type: ignore[union-attr]
-                    )
-            elif cls is Delete:
-                plan = plans[item.relation_id]  # type: ignore[union-attr]
-                if plan is not None:
-                    tables[plan.relation_id].delete(plan.project(item.old_tuple))  # type: ignore[union-attr]
-            elif cls is Relation:
+            if cls is Relation:
                 await self._on_relation(target, item)  # type: ignore[arg-type]
             elif cls is Truncate:
                 await self._on_truncate(target, item)  # type: ignore[arg-type]
@@ -451,6 +485,7 @@ class Pipeline:
         )
 
     async def _on_truncate(self, target: TargetSession, msg: Truncate) -> None:
+        await self._settle()
         names: list[QualifiedName] = []
         for rid in msg.relation_ids:
             plan = self._plans.get(rid)
@@ -461,18 +496,46 @@ class Pipeline:
         if names:
             await target.truncate(names, restart_identity=msg.restart_identity)
 
-    async def _flush_one(self, target: TargetSession, tb: TableBatch) -> None:
+    async def _apply_moved_key(
+        self,
+        target: TargetSession,
+        tb: TableBatch,
+        old: Sequence[Datum] | None,
+        new: Sequence[Datum],
+    ) -> None:
+        assert old is not None
+        await self._flush_one(target, tb)
         counts = ApplyCounts()
-        await target.flush_table(tb, counts)
+        await target.update_moved_key(tb.plan, tb.plan.key_of(old), new, counts)
+        self._account(counts)
+
+    async def _flush_one(self, target: TargetSession, tb: TableBatch) -> None:
+        await self._settle()
+        counts = ApplyCounts()
+        await target.flush_table(tb.take(), counts)
         self._account(counts)
 
     async def _flush(self, target: TargetSession) -> None:
-        counts = ApplyCounts()
-        for tb in self._tables.values():
-            if tb:
-                await target.flush_table(tb, counts)
-        self._account(counts)
+        """Start applying everything folded so far; returns once it is under way."""
+        await self._settle()
+        snapshots = [tb.take() for tb in self._tables.values() if tb]
         self._batch_bytes = 0
+        if snapshots:
+            self._inflight = asyncio.create_task(self._apply_snapshots(target, snapshots))
+
+    async def _apply_snapshots(
+        self, target: TargetSession, snapshots: list[TableBatch]
+    ) -> ApplyCounts:
+        counts = ApplyCounts()
+        for tb in snapshots:
+            await target.flush_table(tb, counts)
+        return counts
+
+    async def _settle(self) -> None:
+        """Wait for the flush in flight, if any; its failure surfaces here."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            self._account(await task)
 
     def _account(self, counts: ApplyCounts) -> None:
         s = self.stats
@@ -487,6 +550,7 @@ class Pipeline:
         assert last is not None
         assert not self._mid_txn
         await self._flush(target)
+        await self._settle()
         if target.in_transaction:
             await target.commit(last.end_lsn, last.commit_time)
             self._feedback.on_committed(last.end_lsn)

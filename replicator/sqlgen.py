@@ -54,12 +54,31 @@ def copy_line(values: Iterable[Datum]) -> bytes:
     return b"\t".join(map(copy_value, values))
 
 
+_NEEDS_ESCAPE: Final = re.compile(rb"[\\\n\r]").search
+
+
 def copy_rows(rows: Iterable[Sequence[Datum]]) -> bytes:
-    """Rows as one COPY text buffer."""
-    out = [copy_line(r) for r in rows]
+    """Rows as one COPY text buffer.
+
+    Most rows hold only plain text values: one C-level join, then one search for a
+    backslash or line break and a tab count prove nothing needed escaping. Rows with
+    NULLs (the join refuses None) or special characters take the per-value path."""
+    out: list[bytes] = []
+    append = out.append
+    join = b"\t".join
+    needs_escape = _NEEDS_ESCAPE
+    for r in rows:
+        try:
+            line = join(r)  # type: ignore[arg-type]
+        except TypeError:
+            append(copy_line(r))
+            continue
+        if needs_escape(line) is not None or line.count(b"\t") != len(r) - 1:
+            line = copy_line(r)
+        append(line)
     if not out:
         return b""
-    out.append(b"")
+    append(b"")
     return b"\n".join(out)
 
 
@@ -159,14 +178,21 @@ def update_from_stage(plan: TablePlan, group: int, skip: Sequence[int]) -> sql.C
         for i, col in enumerate(plan.columns)
         if i not in skipped
     ]
+    newer = sql.SQL("")
+    if plan.conflict.rule == "newer_wins" and plan.conflict.column is not None:
+        col = sql.Identifier(plan.conflict.column)
+        staged = _c(plan.columns.index(plan.conflict.column))
+        newer = sql.SQL(" AND (t.{c} IS NULL OR t.{c} <= s.{s})").format(c=col, s=staged)
     return sql.SQL(
-        "UPDATE {t} AS t SET {sets} FROM {stage} AS s WHERE s._op = 'U' AND s._g = {g} AND {match}"
+        "UPDATE {t} AS t SET {sets} FROM {stage} AS s "
+        "WHERE s._op = 'U' AND s._g = {g} AND {match}{newer}"
     ).format(
         t=table_ident(plan.target.name),
         sets=sql.SQL(", ").join(sets),
         stage=stage_name(plan),
         g=sql.Literal(group),
         match=_match(plan, "t", "s"),
+        newer=newer,
     )
 
 
@@ -222,55 +248,86 @@ def truncate(tables: Sequence[QualifiedName], *, restart_identity: bool) -> sql.
     )
 
 
-# --- rows matched on their old values (REPLICA IDENTITY FULL without a key) -----------
+# --- single rows (REPLICA IDENTITY FULL without a key, key moves with unknown TOAST) ----
+# Values go in as literals, not %s parameters: a parameter marker would also be read out
+# of an identifier such as "pct%", and these statements run one row at a time anyway.
 
 
-def _row_match(plan: TablePlan, old: Sequence[Datum]) -> tuple[sql.Composable, list[str | None]]:
+def _text_literal(v: Datum) -> sql.Composable:
+    if v is None:
+        return sql.NULL
+    return sql.Literal(v.decode())  # type: ignore[union-attr]
+
+
+def _typed(plan: TablePlan, i: int, v: Datum) -> sql.Composable:
+    return sql.SQL("CAST({} AS {})").format(_text_literal(v), _type(*plan.stage_types[i]))
+
+
+def _row_match(plan: TablePlan, old: Sequence[Datum]) -> sql.Composable:
     parts = []
-    params: list[str | None] = []
     for i, col in enumerate(plan.columns):
         v = old[i]
         if v is UNCHANGED_TOAST:
             continue
         ident = sql.Identifier(col)
         if plan.equality[i]:
-            parts.append(
-                sql.SQL("{} IS NOT DISTINCT FROM CAST(%s AS {})").format(
-                    ident, _type(*plan.stage_types[i])
-                )
-            )
+            parts.append(sql.SQL("{} IS NOT DISTINCT FROM {}").format(ident, _typed(plan, i, v)))
         else:
-            parts.append(sql.SQL("{}::text IS NOT DISTINCT FROM %s::text").format(ident))
-        params.append(None if v is None else v.decode())  # type: ignore[union-attr]
-    return sql.SQL(" AND ").join(parts), params
+            parts.append(
+                sql.SQL("{}::text IS NOT DISTINCT FROM {}::text").format(ident, _text_literal(v))
+            )
+    return sql.SQL(" AND ").join(parts)
 
 
-def delete_one_row(plan: TablePlan, old: Sequence[Datum]) -> tuple[sql.Composed, list]:
-    """Delete exactly one row equal to ``old``, even among identical duplicates."""
-    where, params = _row_match(plan, old)
-    t = table_ident(plan.target.name)
-    q = sql.SQL("DELETE FROM {t} WHERE ctid = (SELECT ctid FROM {t} WHERE {w} LIMIT 1)").format(
-        t=t, w=where
-    )
-    return q, params
-
-
-def update_one_row(
-    plan: TablePlan, old: Sequence[Datum], new: Sequence[Datum]
-) -> tuple[sql.Composed, list]:
-    where, wparams = _row_match(plan, old)
-    sets = []
-    params: list[str | None] = []
-    for i, col in enumerate(plan.columns):
-        v = new[i]
-        if v is UNCHANGED_TOAST:
-            continue
-        sets.append(
-            sql.SQL("{} = CAST(%s AS {})").format(sql.Identifier(col), _type(*plan.stage_types[i]))
+def _key_match(plan: TablePlan, key: Sequence[Datum]) -> sql.Composable:
+    return sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(plan.columns[pos]), _typed(plan, pos, v))
+        if plan.equality[pos]
+        else sql.SQL("{}::text = {}::text").format(
+            sql.Identifier(plan.columns[pos]), _text_literal(v)
         )
-        params.append(None if v is None else v.decode())  # type: ignore[union-attr]
-    t = table_ident(plan.target.name)
-    q = sql.SQL("UPDATE {t} SET {s} WHERE ctid = (SELECT ctid FROM {t} WHERE {w} LIMIT 1)").format(
-        t=t, s=sql.SQL(", ").join(sets), w=where
+        for pos, v in zip(plan.key, key, strict=True)
     )
-    return q, params + wparams
+
+
+def _sets(plan: TablePlan, new: Sequence[Datum]) -> sql.Composable:
+    return sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(col), _typed(plan, i, new[i]))
+        for i, col in enumerate(plan.columns)
+        if new[i] is not UNCHANGED_TOAST
+    )
+
+
+def delete_one_row(plan: TablePlan, old: Sequence[Datum]) -> sql.Composed:
+    """Delete exactly one row equal to ``old``, even among identical duplicates."""
+    t = table_ident(plan.target.name)
+    return sql.SQL("DELETE FROM {t} WHERE ctid = (SELECT ctid FROM {t} WHERE {w} LIMIT 1)").format(
+        t=t, w=_row_match(plan, old)
+    )
+
+
+def update_one_row(plan: TablePlan, old: Sequence[Datum], new: Sequence[Datum]) -> sql.Composed:
+    t = table_ident(plan.target.name)
+    return sql.SQL(
+        "UPDATE {t} SET {s} WHERE ctid = (SELECT ctid FROM {t} WHERE {w} LIMIT 1)"
+    ).format(t=t, s=_sets(plan, new), w=_row_match(plan, old))
+
+
+def update_by_key(plan: TablePlan, old_key: Sequence[Datum], new: Sequence[Datum]) -> sql.Composed:
+    """One keyed update, for a key move whose unchanged TOAST values we do not hold."""
+    return sql.SQL("UPDATE {t} AS t SET {s} WHERE {w}{cond}").format(
+        t=table_ident(plan.target.name),
+        s=_sets(plan, new),
+        w=_key_match(plan, old_key),
+        cond=_newer_condition(plan, new),
+    )
+
+
+def _newer_condition(plan: TablePlan, new: Sequence[Datum]) -> sql.Composable:
+    if plan.conflict.rule != "newer_wins" or plan.conflict.column is None:
+        return sql.SQL("")
+    pos = plan.columns.index(plan.conflict.column)
+    col = sql.Identifier(plan.conflict.column)
+    return sql.SQL(" AND (t.{c} IS NULL OR t.{c} <= {v})").format(
+        c=col, v=_typed(plan, pos, new[pos])
+    )

@@ -121,50 +121,129 @@ class _Reader:
         return self.buf[start : start + n]
 
     def tuple_data(self, what: str) -> TupleData:
-        """TupleData: Int16 column count, then per column a kind byte and maybe a value.
-
-        This is the hot path of the whole daemon; it is written flat on purpose.
-        """
-        buf = self.buf
-        end = self.end
-        pos = self._need(2, f"{what} column count")
-        (ncols,) = _I16.unpack_from(buf, pos)
-        pos += 2
-        if ncols < 0:
-            raise self.fail(f"negative column count {ncols} in {what}", pos - 2)
-        values: list[Datum] = []
-        append = values.append
-        unpack_len = _I32.unpack_from
-        for i in range(ncols):
-            if pos >= end:
-                raise self.fail(f"message too short for {what} column {i}", pos)
-            kind = buf[pos]
-            pos += 1
-            if kind == _KIND_TEXT or kind == _KIND_BINARY:  # noqa: PLR1714, SIM109 - hot path: two int compares
-                if pos + 4 > end:
-                    raise self.fail(f"message too short for {what} column {i} length", pos)
-                (length,) = unpack_len(buf, pos)
-                pos += 4
-                stop = pos + length
-                if length < 0 or stop > end:
-                    raise self.fail(f"bad length {length} for {what} column {i}", pos - 4)
-                if kind == _KIND_TEXT:
-                    append(buf[pos:stop])
-                else:
-                    append(BinaryDatum(buf[pos:stop]))
-                pos = stop
-            elif kind == _KIND_NULL:
-                append(None)
-            elif kind == _KIND_UNCHANGED:
-                append(UNCHANGED_TOAST)
-            else:
-                raise self.fail(f"unknown tuple column kind {chr(kind)!r} in {what}", pos - 1)
-        self.pos = pos
-        return tuple(values)
+        values, self.pos = read_tuple(self.buf, self.pos, self.tag, what)
+        return values
 
     def done(self) -> None:
         if self.pos != self.end:
             raise self.fail(f"{self.end - self.pos} trailing byte(s)")
+
+
+def read_tuple(buf: bytes, pos: int, tag: str, what: str) -> tuple[TupleData, int]:
+    """TupleData at ``pos``: Int16 column count, then per column a kind byte and maybe a
+    value. Returns the values and the position after them.
+
+    This is the hot path of the whole daemon. It leaves bounds checking to Python (an
+    index past the end raises IndexError, a short unpack struct.error, and an overlong
+    slice leaves ``pos`` past the end, caught at the end); on any of those, or an
+    unexpected kind byte, the strict parser runs again to name the exact fault.
+    """
+    try:
+        (ncols,) = _I16.unpack_from(buf, pos)
+        if ncols < 0:
+            return _read_tuple_strict(buf, pos, tag, what)
+        p = pos + 2
+        values: list[Datum] = []
+        append = values.append
+        unpack_len = _U32.unpack_from
+        for _ in range(ncols):
+            kind = buf[p]
+            if kind == 116:  # 't'
+                length = unpack_len(buf, p + 1)[0]
+                p += 5
+                append(buf[p : p + length])
+                p += length
+            elif kind == 110:  # 'n'
+                append(None)
+                p += 1
+            elif kind == 117:  # 'u'
+                append(UNCHANGED_TOAST)
+                p += 1
+            else:
+                break
+        else:
+            if p <= len(buf):
+                return tuple(values), p
+    except (IndexError, struct.error):
+        pass
+    return _read_tuple_strict(buf, pos, tag, what)
+
+
+def _read_tuple_strict(buf: bytes, pos: int, tag: str, what: str) -> tuple[TupleData, int]:
+    """The reference parser: checks every read and names the offset of the first bad one."""
+    end = len(buf)
+    if pos + 2 > end:
+        raise ProtocolError(f"message too short for {what} column count", offset=pos, tag=tag)
+    (ncols,) = _I16.unpack_from(buf, pos)
+    pos += 2
+    if ncols < 0:
+        raise ProtocolError(f"negative column count {ncols} in {what}", offset=pos - 2, tag=tag)
+    values: list[Datum] = []
+    append = values.append
+    unpack_len = _I32.unpack_from
+    for i in range(ncols):
+        if pos >= end:
+            raise ProtocolError(f"message too short for {what} column {i}", offset=pos, tag=tag)
+        kind = buf[pos]
+        pos += 1
+        if kind == _KIND_TEXT:
+            if pos + 4 > end:
+                raise ProtocolError(
+                    f"message too short for {what} column {i} length", offset=pos, tag=tag
+                )
+            (length,) = unpack_len(buf, pos)
+            pos += 4
+            stop = pos + length
+            if length < 0 or stop > end:
+                raise ProtocolError(
+                    f"bad length {length} for {what} column {i}", offset=pos - 4, tag=tag
+                )
+            append(buf[pos:stop])
+            pos = stop
+        elif kind == _KIND_NULL:
+            append(None)
+        elif kind == _KIND_UNCHANGED:
+            append(UNCHANGED_TOAST)
+        elif kind == _KIND_BINARY:
+            if pos + 4 > end:
+                raise ProtocolError(
+                    f"message too short for {what} column {i} length", offset=pos, tag=tag
+                )
+            (length,) = unpack_len(buf, pos)
+            pos += 4
+            stop = pos + length
+            if length < 0 or stop > end:
+                raise ProtocolError(
+                    f"bad length {length} for {what} column {i}", offset=pos - 4, tag=tag
+                )
+            append(BinaryDatum(buf[pos:stop]))
+            pos = stop
+        else:
+            raise ProtocolError(
+                f"unknown tuple column kind {chr(kind)!r} in {what}", offset=pos - 1, tag=tag
+            )
+    return tuple(values), pos
+
+
+def decode_insert(buf: bytes) -> tuple[int, TupleData]:
+    """(relation_id, new tuple) of an Insert outside a streamed block.
+
+    The same checks as :meth:`PgOutputDecoder.decode`, without building the message
+    object: inserts are most of what a busy stream carries.
+    """
+    end = len(buf)
+    if end == 0:
+        raise ProtocolError("empty message", offset=0)
+    if end < 6:
+        raise ProtocolError(f"message too short for relation_id ({end} bytes)", offset=1, tag="I")
+    if buf[0] != 0x49:
+        raise ProtocolError(f"not an Insert message: {chr(buf[0])!r}", offset=0)
+    if buf[5] != 0x4E:
+        raise ProtocolError("expected new tuple marker 'N'", offset=5, tag="I")
+    values, pos = read_tuple(buf, 6, "I", "new tuple")
+    if pos != end:
+        raise ProtocolError(f"{end - pos} trailing byte(s)", offset=pos, tag="I")
+    return _U32.unpack_from(buf, 1)[0], values
 
 
 class PgOutputDecoder:
