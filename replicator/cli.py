@@ -91,3 +91,21 @@ def check(config_path: str) -> None:
     """Preflight: validate the config (and, later, the databases)."""
     config = _load(config_path)
     click.echo(f"{config_path}: config ok, {len(config.pipelines)} pipeline(s)")
+
+
+@main.command()
+@click.option("--rows", default=10_000, show_default=True, help="Rows seeded before streaming.")
+@click.option("--seconds", default=10.0, show_default=True, help="Seconds of replayed traffic.")
+@click.option("--keep", is_flag=True, help="Leave the clusters running and print how to connect.")
+@click.option(
+    "--pg-version",
+    "version",
+    type=int,
+    default=None,
+    help="PostgreSQL major version to use (default: system one, else embedded).",
+)
+def demo(rows: int, seconds: float, keep: bool, version: int | None) -> None:
+    """Run the whole thing on throwaway local PostgreSQL clusters."""
+    from replicator.demo import DemoOptions, run_demo  # noqa: PLC0415
+
+    sys.exit(run_demo(DemoOptions(rows=rows, seconds=seconds, keep=keep, version=version)))
