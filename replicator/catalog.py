@@ -10,6 +10,7 @@ from psycopg import AsyncConnection
 from replicator.config import QualifiedName
 from replicator.errors import SchemaError
 from replicator.mapping import TargetColumn, TargetTable
+from replicator.protocol.messages import REPLICA_IDENTITY_KEY_FLAG, Column, Relation
 
 # Columns of one table with their base types (domains resolved, recursively), and
 # the char limit of varchar(n)/char(n) columns for mask fit checks.
@@ -90,3 +91,34 @@ async def read_target_table(conn: AsyncConnection, name: QualifiedName) -> Targe
         unique_keys=tuple(frozenset(cols) for _, cols in uniques),
         primary_key=primary,
     )
+
+
+# A source table as pgoutput would describe it: published columns (generated ones are
+# not), with the replica identity flag on key columns (all columns under FULL).
+_SOURCE_SQL = """
+SELECT c.oid, c.relreplident, a.attname, a.atttypid, a.atttypmod,
+       c.relreplident = 'f' OR coalesce(a.attnum = ANY (ri.indkey::int2[]), false)
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_catalog.pg_index ri
+         ON ri.indrelid = c.oid
+        AND ((c.relreplident = 'd' AND ri.indisprimary)
+             OR (c.relreplident = 'i' AND ri.indisreplident))
+ WHERE c.oid = %(oid)s AND a.attgenerated = ''
+ ORDER BY a.attnum
+"""
+
+
+async def read_source_relation(conn: AsyncConnection, name: QualifiedName) -> Relation:
+    """What the Relation message for ``name`` will say, read ahead from the catalog."""
+    oid = await table_oid(conn, name)
+    if oid is None:
+        raise SchemaError(f"source table {name} does not exist")
+    cur = await conn.execute(_SOURCE_SQL, {"oid": oid})
+    rows = await cur.fetchall()
+    identity = rows[0][1] if rows else "d"
+    columns = tuple(
+        Column(REPLICA_IDENTITY_KEY_FLAG if is_key else 0, attname, typid, typmod)
+        for _, _, attname, typid, typmod, is_key in rows
+    )
+    return Relation(None, oid, name.schema, name.name, identity, columns)

@@ -16,12 +16,14 @@ import contextlib
 import signal
 import time
 
+import psycopg
 import structlog
 from tenacity import wait_exponential_jitter
 
 from replicator.classify import Directive, classify
 from replicator.config import Config
-from replicator.masking import load_key
+from replicator.errors import describe_error
+from replicator.masking import key_file_warnings, load_key
 from replicator.pipeline import Pipeline, State
 
 # a pipeline that streamed this long before failing starts its backoff afresh
@@ -40,6 +42,8 @@ class Daemon:
         key = None
         if config.masking.key_file:
             key = load_key(config.masking.key_file)
+            for warning in key_file_warnings(config.masking.key_file):
+                self.log.warning("mask_key_file", problem=warning)
         self.pipelines = [
             Pipeline(config, p, hash_key=key, skip_origins=skip_origins_for(config, p.from_))
             for p in config.pipelines
@@ -66,14 +70,15 @@ class Daemon:
                 raise
             except Exception as exc:
                 directive = classify(exc)
-                pipeline.stats.last_error = f"{type(exc).__name__}: {exc}"
+                pipeline.stats.last_error = describe_error(exc)
                 if directive is not Directive.RETRY:
                     pipeline.stats.state = State.FAILED
-                    log.error(  # noqa: TRY400 - exc_info is passed explicitly
+                    log.error(  # noqa: TRY400 - exc_info is chosen explicitly
                         "pipeline_failed",
                         error=pipeline.stats.last_error,
                         directive=directive.value,
-                        exc_info=exc,
+                        # a database error's traceback would repeat its DETAIL (row values)
+                        exc_info=None if isinstance(exc, psycopg.Error) else exc,
                     )
                     return
                 if time.monotonic() - started > _HEALTHY_RUN_SECONDS:

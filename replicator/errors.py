@@ -46,3 +46,32 @@ class SlotError(ReplicatorError):
 
 class MaskingError(ReplicatorError):
     """A masking rule cannot be honoured; the pipeline stops rather than ship a value unmasked."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line about an error that is safe to log, expose or store.
+
+    PostgreSQL puts row values in DETAIL ("Key (email)=(...) already exists", "Failing
+    row contains (...)") and CONTEXT (COPY ... line N, column c: "..."); both are
+    dropped. What stays: the class, SQLSTATE, the primary message and object names.
+    """
+    import psycopg  # noqa: PLC0415 - keeps this module importable by pure code
+
+    if isinstance(exc, psycopg.Error):
+        diag = exc.diag
+        primary = diag.message_primary
+        if primary is None:  # client-side (libpq) errors: no diagnostics, no row values
+            primary = str(exc).strip().split("\n", 1)[0]
+        where = [
+            f"{label} {value}"
+            for label, value in (
+                ("table", ".".join(p for p in (diag.schema_name, diag.table_name) if p)),
+                ("column", diag.column_name),
+                ("constraint", diag.constraint_name),
+            )
+            if value
+        ]
+        state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+        suffix = f" ({', '.join(where)})" if where else ""
+        return f"{type(exc).__name__}{state}: {primary}{suffix}"
+    return f"{type(exc).__name__}: {exc}"

@@ -19,7 +19,7 @@ from typing import Final, Literal
 from replicator.config import Conflict, QualifiedName, TableConfig
 from replicator.errors import MaskingError, SchemaError
 from replicator.masking import MaskFn, MaskSpec, compile_mask, resolve_masks
-from replicator.protocol.messages import BinaryDatum, Datum, Relation, TupleData
+from replicator.protocol.messages import BinaryDatum, Column, Datum, Relation, TupleData
 
 # Types whose values have no default equality operator; rows are matched on their text.
 NO_EQUALITY_TYPES: Final = frozenset(
@@ -200,6 +200,7 @@ def build_plan(
                 f"{where}: lossy mask {spec} on key or unique column {dest!r} would merge "
                 "distinct rows; use `hash`, which keeps them distinct"
             )
+        _check_fits(where, spec, relation.columns[picks[pos]], target.columns[dest])
         try:
             fn = compile_mask(spec, hash_key)
         except MaskingError as exc:
@@ -225,6 +226,36 @@ def build_plan(
         _masks=tuple(masks),
         _identity=picks == list(range(len(relation.columns))),
     )
+
+
+_CHAR_TYPE_OIDS: Final = frozenset({1042, 1043})  # bpchar, varchar: typmod = length + 4
+
+
+def _check_fits(where: str, spec: MaskSpec, source: Column, target: TargetColumn) -> None:
+    """A mask's output must be something the target column can hold."""
+    dest = target.name
+    if spec.kind == "null":
+        if target.not_null:
+            raise MaskingError(
+                f"{where}: mask `null` on column {dest!r}, which is NOT NULL on the target"
+            )
+        return
+    if target.type_category != "S":
+        raise MaskingError(
+            f"{where}: mask {spec} writes text, but target column {dest!r} is of type "
+            f"{target.type_name}; use `null`, or a text column"
+        )
+    src_max = (
+        source.type_modifier - 4
+        if source.type_id in _CHAR_TYPE_OIDS and source.type_modifier > 4
+        else None
+    )
+    out_max = spec.max_output_chars(src_max)
+    if target.max_chars is not None and out_max is not None and out_max > target.max_chars:
+        raise MaskingError(
+            f"{where}: mask {spec} writes up to {out_max} characters, but target column "
+            f"{dest!r} holds {target.max_chars}"
+        )
 
 
 def _key_from_target(

@@ -33,9 +33,9 @@ import structlog
 from replicator.apply import ApplyCounts, TargetSession
 from replicator.assembler import CHANGE_TAGS, Assembler, NonTransactional, TxnChunk, WorkItem
 from replicator.batching import TableBatch
-from replicator.catalog import read_target_table
+from replicator.catalog import read_source_relation, read_target_table
 from replicator.config import Config, PipelineConfig, QualifiedName
-from replicator.errors import ProtocolError, SlotError
+from replicator.errors import MaskingError, ProtocolError, SchemaError, SlotError
 from replicator.feedback import Feedback
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan, build_plan
@@ -155,6 +155,7 @@ class Pipeline:
         )
         self._target = target
         try:
+            await self._preflight(target)
             start = await target.progress()
             # the slot's confirmed point never passes origin progress, so confirming `start`
             # again is safe and gives idle-progress decisions the right baseline
@@ -186,6 +187,37 @@ class Pipeline:
             self._target = None
         self.stats.state = State.STOPPED
         self.log.info("pipeline_stopped", confirmed_lsn=str(self._feedback.confirmed))
+
+    async def _preflight(self, target: TargetSession) -> None:
+        """Build every table's plan from the catalogs before streaming: a mask that cannot
+        be honoured or a column with nowhere to go stops here, not mid-stream. The plans
+        built from Relation messages later go through the same code."""
+        pipe, cfg = self.pipe, self.config
+        problems: list[str] = []
+        masking = False
+        async with await psycopg.AsyncConnection.connect(
+            cfg.databases[pipe.from_].dsn.secret_value,
+            autocommit=True,
+            application_name=f"replicator:{pipe.name}:check",
+        ) as src:
+            for table in pipe.tables:
+                try:
+                    rel = await read_source_relation(src, table.source)
+                    facts = await read_target_table(target.conn, table.target_name)
+                    build_plan(
+                        rel,
+                        table,
+                        facts,
+                        global_masks=cfg.masking.columns,
+                        unclassified=cfg.masking.unclassified,
+                        hash_key=self.hash_key,
+                    )
+                except (SchemaError, MaskingError) as exc:
+                    problems.append(str(exc))
+                    masking |= isinstance(exc, MaskingError)
+        if problems:
+            cls = MaskingError if masking else SchemaError
+            raise cls("\n".join(problems))
 
     def _reset_session_state(self) -> None:
         self._feedback = Feedback()
