@@ -37,7 +37,15 @@ _RETRY_CLASSES = frozenset({"08", "40", "53", "57"})
 _ROW_CLASSES = frozenset({"22", "23"})
 
 
+def leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups from task groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def classify(exc: BaseException) -> Directive:
+    exc = leaf(exc)
     if isinstance(
         exc, ConfigError | SchemaError | MaskingError | SlotError | ProtocolError | StreamStateError
     ):

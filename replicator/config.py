@@ -267,6 +267,16 @@ class BatchConfig(_Model):
     queue_bytes: ByteSize = Field(default=ByteSize(16 * 1024 * 1024), ge=1024)
 
 
+class CopyConfig(_Model):
+    """The initial copy and resyncs."""
+
+    # parallel copy sessions (each one source and one target connection)
+    workers: int = Field(default=2, ge=1, le=32)
+    # a keyed table with more rows than this is split into key ranges of about that
+    # many rows, so one table can use several workers and a failed range is retried alone
+    range_rows: int = Field(default=500_000, ge=1)
+
+
 class TableConfig(_Model):
     source: TableName
     target: TableName | None = None  # default: the same schema and name
@@ -306,6 +316,7 @@ class PipelineConfig(_Model):
     proto_version: Literal[1, 2, 3, 4] = 1
     tables: tuple[TableConfig, ...] = Field(alias="table")
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    copy_: CopyConfig = Field(default_factory=CopyConfig, alias="copy")
 
     @field_validator("name")
     @classmethod
@@ -350,6 +361,13 @@ class PipelineConfig(_Model):
     @property
     def origin_name(self) -> str:
         return f"{NAME_PREFIX}{self.name}"
+
+    def origin_names(self) -> frozenset[str]:
+        """Every origin this pipeline's writes carry: the apply session's, each copy
+        worker's and the resync catch-up's."""
+        names = {self.origin_name, f"{self.origin_name}__sync"}
+        names |= {f"{self.origin_name}__c{i}" for i in range(self.copy_.workers)}
+        return frozenset(names)
 
     def table_for(self, schema: str, name: str) -> TableConfig | None:
         for t in self.tables:

@@ -20,7 +20,7 @@ import psycopg
 import structlog
 from tenacity import wait_exponential_jitter
 
-from replicator.classify import Directive, classify
+from replicator.classify import Directive, classify, leaf
 from replicator.config import Config
 from replicator.errors import describe_error
 from replicator.masking import key_file_warnings, load_key
@@ -32,7 +32,7 @@ _HEALTHY_RUN_SECONDS = 60.0
 
 def skip_origins_for(config: Config, source_db: str) -> frozenset[str]:
     """Origins whose writes into ``source_db`` are ours: their transactions are echoes."""
-    return frozenset(p.origin_name for p in config.pipelines if p.to == source_db)
+    return frozenset().union(*(p.origin_names() for p in config.pipelines if p.to == source_db))
 
 
 class Daemon:
@@ -68,7 +68,8 @@ class Daemon:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as failure:
+                exc = leaf(failure)  # the error itself, not the task group around it
                 directive = classify(exc)
                 pipeline.stats.last_error = describe_error(exc)
                 if directive is not Directive.RETRY:

@@ -63,6 +63,7 @@ class TablePlan:
     source: QualifiedName
     target: TargetTable
     columns: tuple[str, ...]  # target columns written, in row order
+    source_columns: tuple[str, ...]  # the source columns they come from, same order
     stage_types: tuple[tuple[str, str], ...]  # staging column types (schema, name)
     key: tuple[int, ...]  # positions of key columns within ``columns``
     mode: ApplyMode
@@ -74,6 +75,19 @@ class TablePlan:
     _key: Callable[[Sequence[Datum]], tuple[Datum, ...]] = field(repr=False)
     _masks: tuple[tuple[int, MaskFn], ...] = field(repr=False)
     _identity: bool = field(default=False, repr=False)  # every source column, in order
+
+    @property
+    def masks(self) -> tuple[tuple[int, MaskFn], ...]:
+        """(position in the target row, compiled mask) for every masked column."""
+        return self._masks
+
+    def mask_row(self, row: list[Datum]) -> list[Datum]:
+        """Apply the masks to a row already in target order (the initial copy's rows)."""
+        for pos, fn in self._masks:
+            v = row[pos]
+            if v.__class__ is bytes:
+                row[pos] = fn(v)  # type: ignore[arg-type]
+        return row
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -214,6 +228,7 @@ def build_plan(
         source=src,
         target=target,
         columns=tuple(columns),
+        source_columns=tuple(relation.columns[i].name for i in picks),
         stage_types=tuple((c.type_schema, c.type_name) for c in tcols),
         key=key,
         mode=mode,

@@ -19,17 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import enum
 import struct
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import structlog
 
+from replicator import control
 from replicator.apply import ApplyCounts, TargetSession
 from replicator.assembler import CHANGE_TAGS, Assembler, NonTransactional, TxnChunk, WorkItem
 from replicator.batching import TableBatch
@@ -51,7 +49,9 @@ from replicator.protocol.messages import (
     Update,
     datetime_to_pg_timestamp,
 )
+from replicator.stats import PipelineStats, State
 from replicator.stream import ReplicationConnection
+from replicator.sync import Startup, skip_positions
 
 HEARTBEAT_PREFIX = "replicator.heartbeat"
 # An idle pipeline records the keepalive position as progress (so the slot can let WAL
@@ -62,37 +62,6 @@ _XLOGDATA_HEADER = 25  # 'w', dataStart, walEnd, sendTime
 _U64 = struct.Struct("!Q")
 _READ_LIMIT = 2000  # frames per reader callback: keeps the loop fair to the applier
 _STATUS_TICK = 0.25  # seconds between feedback checks
-
-
-class State(enum.StrEnum):
-    STARTING = "starting"
-    STREAMING = "streaming"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-@dataclass(slots=True)
-class PipelineStats:
-    """Counters and positions, read by status, metrics and tests."""
-
-    state: State = State.STARTING
-    received_lsn: Lsn = INVALID_LSN
-    applied_lsn: Lsn = INVALID_LSN  # committed on the target
-    confirmed_lsn: Lsn = INVALID_LSN  # reported to the slot as flushed
-    last_commit_time: float | None = None  # source commit time of the last applied txn
-    transactions: int = 0
-    skipped_transactions: int = 0
-    changes: int = 0
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    update_missing: int = 0
-    delete_missing: int = 0
-    commits: int = 0
-    queue_bytes: int = 0
-    last_error: str | None = None
-    apply_delays: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
 
 def now_pg_us() -> int:
@@ -136,6 +105,9 @@ class Pipeline:
         self._unrecorded = INVALID_LSN  # processed but not yet recorded (skipped txns)
         # at most one flush runs on the target while the next changes fold in Python
         self._inflight: asyncio.Task[ApplyCounts] | None = None
+        # tables whose copy holds changes committed before an LSN (resumed copies, resyncs)
+        self._skip_by_name: dict[QualifiedName, Lsn] = {}
+        self._skip: dict[int, Lsn] = {}  # the same, by relation id
         self._last_idle_record = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -155,15 +127,14 @@ class Pipeline:
         )
         self._target = target
         try:
-            await self._preflight(target)
-            start = await target.progress()
+            await control.ensure_schema(target.conn)
+            plans = await self._preflight(target)
+            source, start = await Startup(cfg, pipe, target, plans, self.stats).prepare()
+            tables = await control.read_tables(target.conn, pipe.name)
+            self._skip_by_name = skip_positions(tables)
             # the slot's confirmed point never passes origin progress, so confirming `start`
             # again is safe and gives idle-progress decisions the right baseline
             self._feedback.on_committed(start)
-            source = await ReplicationConnection.connect(
-                cfg.databases[pipe.from_].dsn.secret_value,
-                application_name=f"replicator:{pipe.name}",
-            )
             self._source = source
             try:
                 await self._start_stream(source, start)
@@ -188,12 +159,13 @@ class Pipeline:
         self.stats.state = State.STOPPED
         self.log.info("pipeline_stopped", confirmed_lsn=str(self._feedback.confirmed))
 
-    async def _preflight(self, target: TargetSession) -> None:
+    async def _preflight(self, target: TargetSession) -> dict[QualifiedName, TablePlan]:
         """Build every table's plan from the catalogs before streaming: a mask that cannot
         be honoured or a column with nowhere to go stops here, not mid-stream. The plans
         built from Relation messages later go through the same code."""
         pipe, cfg = self.pipe, self.config
         problems: list[str] = []
+        plans: dict[QualifiedName, TablePlan] = {}
         masking = False
         async with await psycopg.AsyncConnection.connect(
             cfg.databases[pipe.from_].dsn.secret_value,
@@ -204,7 +176,7 @@ class Pipeline:
                 try:
                     rel = await read_source_relation(src, table.source)
                     facts = await read_target_table(target.conn, table.target_name)
-                    build_plan(
+                    plans[table.source] = build_plan(
                         rel,
                         table,
                         facts,
@@ -218,6 +190,7 @@ class Pipeline:
         if problems:
             cls = MaskingError if masking else SchemaError
             raise cls("\n".join(problems))
+        return plans
 
     def _reset_session_state(self) -> None:
         self._feedback = Feedback()
@@ -226,6 +199,7 @@ class Pipeline:
         self._plans.clear()
         self._relations.clear()
         self._tables.clear()
+        self._skip.clear()
         self._reset_batch()
         self._unrecorded = INVALID_LSN
 
@@ -437,7 +411,7 @@ class Pipeline:
             assert chunk.commit is not None
             self.stats.skipped_transactions += 1
         tables = self._tables
-        plans = self._plans
+        plans = self._effective_plans(chunk)
         decode = self._decoder.decode
         for item in chunk.items:
             if item.__class__ is bytes:
@@ -466,6 +440,7 @@ class Pipeline:
             cls = item.__class__
             if cls is Relation:
                 await self._on_relation(target, item)  # type: ignore[arg-type]
+                plans = self._effective_plans(chunk)  # the relation may carry a skip
             elif cls is Truncate:
                 await self._on_truncate(target, item)  # type: ignore[arg-type]
             else:
@@ -481,6 +456,16 @@ class Pipeline:
             self.stats.transactions += 1
         else:
             self._mid_txn = True
+
+    def _effective_plans(self, chunk: TxnChunk) -> dict[int, TablePlan | None]:
+        """The plans for this transaction: None for tables whose copy already holds it."""
+        if not self._skip:
+            return self._plans
+        final = chunk.begin.final_lsn
+        skipping = {rid for rid, lsn in self._skip.items() if final < lsn}
+        if not skipping:
+            return self._plans
+        return {rid: None if rid in skipping else p for rid, p in self._plans.items()}
 
     async def _on_relation(self, target: TargetSession, rel: Relation) -> None:
         rid = rel.relation_id
@@ -507,6 +492,8 @@ class Pipeline:
         )
         self._plans[rid] = plan
         self._tables[rid] = TableBatch(plan)
+        if table.source in self._skip_by_name:
+            self._skip[rid] = self._skip_by_name[table.source]
         self.log.info(
             "table_plan",
             relation=rel.qualified_name,

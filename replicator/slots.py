@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from psycopg import AsyncConnection, sql
 
+from replicator import control
 from replicator.config import Config, PipelineConfig, QualifiedName
 from replicator.errors import SchemaError
 from replicator.lsn import Lsn
@@ -107,14 +108,32 @@ async def ensure_origin(conn: AsyncConnection, db: str, pipe: PipelineConfig) ->
 
 
 async def setup(config: Config) -> list[SetupAction]:
-    """Create publications, slots and origins for every pipeline, idempotently."""
+    """Create publications, origins and control tables for every pipeline, idempotently.
+
+    The slot is created by the first ``run``, with an exported snapshot its initial
+    copy reads (``snapshot = "skip"`` pipelines too, for one code path)."""
     actions: list[SetupAction] = []
     for pipe in config.pipelines:
         src = config.databases[pipe.from_].dsn.secret_value
         dst = config.databases[pipe.to].dsn.secret_value
         async with await AsyncConnection.connect(src, autocommit=True) as conn:
             actions.append(await ensure_publication(conn, pipe.from_, pipe))
-            actions.append(await ensure_slot(conn, pipe.from_, pipe))
+            cur = await conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+                [pipe.slot_name],
+            )
+            exists = await cur.fetchone() is not None
+            actions.append(
+                SetupAction(
+                    pipe.from_,
+                    "slot",
+                    pipe.slot_name,
+                    "exists" if exists else "deferred",
+                    "" if exists else "created by the first `run`, with the initial copy",
+                )
+            )
         async with await AsyncConnection.connect(dst, autocommit=True) as conn:
             actions.append(await ensure_origin(conn, pipe.to, pipe))
+            await control.ensure_schema(conn)
+            actions.append(SetupAction(pipe.to, "schema", "replicator", "ensured"))
     return actions

@@ -142,6 +142,24 @@ class ReplicationConnection:
         assert xlogpos
         return sysid, int(timeline), Lsn(xlogpos), dbname
 
+    async def create_slot(
+        self, slot: str, *, temporary: bool = False, snapshot: str = "export"
+    ) -> tuple[Lsn, str | None]:
+        """CREATE_REPLICATION_SLOT with pgoutput: (consistent point, exported snapshot name).
+
+        With ``snapshot='export'`` the snapshot stays valid until this connection runs its
+        next command, so copy sessions can import it (SET TRANSACTION SNAPSHOT)."""
+        rows = await self.execute(
+            sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput (SNAPSHOT {})").format(
+                sql.Identifier(slot),
+                sql.SQL("TEMPORARY " if temporary else ""),
+                sql.Literal(snapshot),
+            )
+        )
+        (_, consistent, snapshot_name, _) = rows[0]
+        assert consistent is not None
+        return Lsn(consistent), snapshot_name
+
     async def start_replication(self, slot: str, start: Lsn, options: Mapping[str, str]) -> None:
         """Enter CopyBoth mode at ``start`` (the server starts at the slot's confirmed
         point instead when that is later)."""

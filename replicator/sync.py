@@ -1,0 +1,245 @@
+"""From nothing to streaming: the initial copy, and its resumption after a crash.
+
+The first ``run`` of a pipeline (not ``setup``) creates the slot, as PostgreSQL's
+own subscriptions do in their worker: ``CREATE_REPLICATION_SLOT ... (SNAPSHOT
+'export')`` on the replication connection, which then stays idle while copy
+workers import the snapshot. Streaming starts on that same connection at the
+slot's consistent point, so no row is missed or doubled between copy and stream.
+
+A crash mid-copy leaves the slot at its consistent point and some ranges done.
+The next start copies only the missing ranges, under the snapshot of a temporary
+slot, then streams from the first consistent point again. Replaying those
+changes over rows copied later is harmless where rows are matched by a unique
+key (each change is an upsert or a delete by key); a table without such a key is
+one range, re-copied whole, and its changes apply only from that later snapshot
+(``skip_until``).
+
+A pipeline that has streamed once never gets a new slot here: a missing or lost
+slot stops it, and only ``replicator resync --all`` starts over.
+
+I/O orchestration; the copying itself is :mod:`replicator.snapshot`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+
+import structlog
+from psycopg import AsyncConnection
+
+from replicator import control
+from replicator.apply import TargetSession
+from replicator.config import Config, PipelineConfig, QualifiedName
+from replicator.errors import SlotError
+from replicator.lsn import INVALID_LSN, Lsn
+from replicator.mapping import TablePlan
+from replicator.protocol.messages import datetime_to_pg_timestamp
+from replicator.snapshot import CopyWorker, TableProgress, plan_table_ranges, run_copy
+from replicator.stats import PipelineStats
+from replicator.stream import ReplicationConnection
+
+
+async def slot_exists(src: AsyncConnection, slot: str) -> bool:
+    cur = await src.execute(
+        "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", [slot]
+    )
+    return await cur.fetchone() is not None
+
+
+class Startup:
+    def __init__(
+        self,
+        config: Config,
+        pipe: PipelineConfig,
+        target: TargetSession,
+        plans: Mapping[QualifiedName, TablePlan],
+        stats: PipelineStats,
+    ) -> None:
+        self.config = config
+        self.pipe = pipe
+        self.target = target
+        self.plans = plans
+        self.stats = stats
+        self.progress = stats.copy
+        self.log = structlog.get_logger("replicator").bind(pipeline=pipe.name)
+        self.src_dsn = config.databases[pipe.from_].dsn.secret_value
+        self.dst_dsn = config.databases[pipe.to].dsn.secret_value
+
+    async def prepare(self) -> tuple[ReplicationConnection, Lsn]:
+        """A replication connection ready for START_REPLICATION, and where to start."""
+        pipe = self.pipe
+        await control.ensure_schema(self.target.conn)
+        state = await control.read_pipeline(self.target.conn, pipe.name)
+        async with await AsyncConnection.connect(self.src_dsn, autocommit=True) as src:
+            if state is None:
+                return await self._first_run(src)
+            if state.slot != pipe.slot_name:
+                raise SlotError(
+                    f"pipeline {pipe.name!r} streams from slot {state.slot!r}, the config names "
+                    f"{pipe.slot_name!r}; run `replicator resync --all` to switch slots"
+                )
+            if not await slot_exists(src, pipe.slot_name):
+                raise SlotError(
+                    f"replication slot {pipe.slot_name!r} on {pipe.from_!r} is missing: it is "
+                    "never recreated silently (changes since it went are lost). "
+                    "Run `replicator resync --all` for a new slot and a full copy"
+                )
+            if state.state == "copying":
+                assert state.consistent_lsn is not None
+                await self._resume_copy(state.consistent_lsn)
+                start = state.consistent_lsn
+            else:
+                start = await self.target.progress()
+        repl = await self._connect()
+        return repl, start
+
+    async def _connect(self) -> ReplicationConnection:
+        return await ReplicationConnection.connect(
+            self.src_dsn, application_name=f"replicator:{self.pipe.name}"
+        )
+
+    async def _first_run(self, src: AsyncConnection) -> tuple[ReplicationConnection, Lsn]:
+        pipe = self.pipe
+        repl = await self._connect()
+        try:
+            if await slot_exists(src, pipe.slot_name):
+                # never streamed (no state here): nothing was consumed from it, so a fresh
+                # slot with a snapshot loses nothing
+                self.log.warning("slot_recreated_before_first_use", slot=pipe.slot_name)
+                await src.execute(
+                    "SELECT pg_catalog.pg_drop_replication_slot(%s)", [pipe.slot_name]
+                )
+            if pipe.snapshot == "skip":
+                lsn, _ = await repl.create_slot(pipe.slot_name, snapshot="nothing")
+                await self._finish(lsn, {})
+                self.log.info("initial_copy_skipped", consistent_lsn=str(lsn))
+                return repl, lsn
+            lsn, snapshot = await repl.create_slot(pipe.slot_name, snapshot="export")
+            self.log.info("slot_created", slot=pipe.slot_name, consistent_lsn=str(lsn))
+            ranges = await self._plan(src, lsn)
+            await self._copy(ranges, snapshot, lsn, merge=pipe.snapshot == "merge")
+            await self._finish(lsn, {})
+            return repl, lsn
+        except BaseException:
+            await repl.close()
+            raise
+
+    async def _plan(self, src: AsyncConnection, lsn: Lsn) -> list[control.CopyRange]:
+        """Ranges for every table; truncated targets; all committed together."""
+        target = self.target
+        ranges: list[control.CopyRange] = []
+        await target.begin()
+        try:
+            for name, plan in self.plans.items():
+                table_ranges = await plan_table_ranges(src, plan, self.pipe.copy_.range_rows)
+                ranges += table_ranges
+                if self.pipe.snapshot == "truncate":
+                    await target.truncate([plan.target.name], restart_identity=False)
+                await control.write_table(target.conn, self.pipe.name, name, "copying")
+            await control.plan_ranges(target.conn, self.pipe.name, ranges)
+            await control.write_pipeline(
+                target.conn, self.pipe.name, self.pipe.slot_name, "copying", lsn
+            )
+            await target.conn.execute("COMMIT")
+            target.in_transaction = False
+        except BaseException:
+            await target.rollback()
+            raise
+        return ranges
+
+    async def _copy(
+        self, ranges: list[control.CopyRange], snapshot: str | None, lsn: Lsn, *, merge: bool
+    ) -> None:
+        pipe = self.pipe
+        items = []
+        for r in ranges:
+            plan = self.plans[r.table]
+            prog = self.progress.setdefault(r.table, TableProgress(r.table))
+            prog.ranges_total += 1
+            items.append((plan, r, await self._partitioned(plan)))
+        started = dt.datetime.now(dt.UTC)
+        self.log.info(
+            "initial_copy_started",
+            tables=len(self.plans),
+            ranges=len(items),
+            workers=pipe.copy_.workers,
+        )
+
+        async def open_worker(i: int) -> CopyWorker:
+            return await CopyWorker.open(
+                self.src_dsn,
+                self.dst_dsn,
+                origin=f"{pipe.origin_name}__c{i}",
+                name=f"replicator:{pipe.name}:copy{i}",
+            )
+
+        await run_copy(
+            items,
+            workers=pipe.copy_.workers,
+            open_worker=open_worker,
+            snapshot=snapshot,
+            snapshot_lsn=lsn,
+            pipeline=pipe.name,
+            merge=merge,
+            progress=self.progress,
+            log=self.log,
+        )
+        elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds()
+        rows = sum(p.rows for p in self.progress.values())
+        self.log.info("initial_copy_done", rows=rows, seconds=round(elapsed, 1))
+
+    async def _partitioned(self, plan: TablePlan) -> bool:
+        async with await AsyncConnection.connect(self.src_dsn, autocommit=True) as src:
+            cur = await src.execute(
+                "SELECT relkind FROM pg_catalog.pg_class WHERE oid = %s", [plan.relation_id]
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0] == "p")
+
+    async def _resume_copy(self, consistent: Lsn) -> None:
+        remaining = [
+            r for r in await control.read_ranges(self.target.conn, self.pipe.name) if not r.done
+        ]
+        missing = [r for r in remaining if r.table not in self.plans]
+        if missing:
+            raise SlotError(f"initial copy of {missing[0].table} cannot resume: not configured")
+        temp = await self._connect()
+        try:
+            lsn, snapshot = await temp.create_slot(
+                f"{self.pipe.slot_name}_resume_{os.getpid()}", temporary=True, snapshot="export"
+            )
+            self.log.info("initial_copy_resumed", ranges=len(remaining), snapshot_lsn=str(lsn))
+            # rows already there (copied before the crash, or moved in since) merge by key
+            await self._copy(remaining, snapshot, lsn, merge=True)
+        finally:
+            await temp.close()
+        # rows matched by a unique key converge when the stream replays from the first
+        # consistent point; the others must not see changes their copy already holds
+        skip = {r.table: lsn for r in remaining if not self.plans[r.table].conflict_index}
+        await self._finish(consistent, skip)
+
+    async def _finish(self, start: Lsn, skip: Mapping[QualifiedName, Lsn]) -> None:
+        """Tables ready, pipeline streaming, origin progress at the stream's start: one
+        target transaction, so a crash before it simply resumes the copy."""
+        target = self.target
+        await target.begin()
+        try:
+            for name in self.plans:
+                await control.write_table(
+                    target.conn, self.pipe.name, name, "ready", skip_until=skip.get(name)
+                )
+            await control.write_pipeline(
+                target.conn, self.pipe.name, self.pipe.slot_name, "streaming", start
+            )
+            await target.commit(start, datetime_to_pg_timestamp(dt.datetime.now(dt.UTC)))
+        except BaseException:
+            await target.rollback()
+            raise
+
+
+def skip_positions(tables: Mapping[QualifiedName, control.TableState]) -> dict[QualifiedName, Lsn]:
+    return {
+        q: t.skip_until for q, t in tables.items() if t.skip_until and t.skip_until != INVALID_LSN
+    }

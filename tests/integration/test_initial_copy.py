@@ -1,0 +1,205 @@
+"""The initial copy: existing rows arrive, the stream joins without a gap or a double."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import psycopg
+import pytest
+
+from tests.plugins.pg import DbPair, wait_for_equal
+from tests.support import execute, scalar, wait_until
+
+TABLES = {
+    "people": "CREATE TABLE people (id bigint PRIMARY KEY, name text, mobile text, v int)",
+    "orders": "CREATE TABLE orders (id bigint PRIMARY KEY, person bigint, amount numeric)",
+    "events": "CREATE TABLE events (id bigint, kind text)",  # no key: one range
+}
+
+
+def create(dbs: DbPair) -> None:
+    for ddl in TABLES.values():
+        execute(dbs.src, ddl)
+        execute(dbs.dst, ddl)
+
+
+def seed(dbs: DbPair, people: int, orders: int, events: int) -> None:
+    execute(
+        dbs.src,
+        f"INSERT INTO people SELECT g, 'p' || g, '98' || lpad(g::text, 8, '0'), 0"
+        f" FROM generate_series(1, {people}) g",
+        f"INSERT INTO orders SELECT g, g % 1000, g / 7.0 FROM generate_series(1, {orders}) g",
+        f"INSERT INTO events SELECT g, 'e' FROM generate_series(1, {events}) g",
+    )
+
+
+def masked_people(dsn: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT id, name, CASE WHEN mobile IS NULL THEN NULL"
+            " ELSE repeat('*', length(mobile) - 4) || right(mobile, 4) END, v"
+            " FROM people ORDER BY id"
+        ).fetchall()
+
+
+def writer(dbs: DbPair, stop: threading.Event, errors: list[BaseException]) -> None:
+    rng = random.Random(3)
+    next_id = 10_000_000
+    try:
+        with psycopg.connect(dbs.src, autocommit=True) as conn:
+            while not stop.is_set():
+                with conn.transaction():
+                    conn.execute(
+                        "UPDATE people SET v = v + 1 WHERE id = %s", [rng.randint(1, 500_000)]
+                    )
+                    conn.execute("DELETE FROM orders WHERE id = %s", [rng.randint(1, 400_000)])
+                    conn.execute(
+                        "INSERT INTO people VALUES (%s, 'new', '9111111111', 1)", [next_id]
+                    )
+                    conn.execute("INSERT INTO events VALUES (%s, 'w')", [next_id])
+                    next_id += 1
+    except BaseException as exc:
+        errors.append(exc)
+
+
+PEOPLE_CFG = {"source": "people", "mask": {"mobile": "partial:4"}}
+
+
+@pytest.mark.slow
+def test_a_million_rows_copied_under_writes_end_equal_and_masked(dbs, daemon):
+    create(dbs)
+    seed(dbs, 500_000, 400_000, 100_000)
+    stop, errors = threading.Event(), []
+    t = threading.Thread(target=writer, args=(dbs, stop, errors))
+    t.start()
+    try:
+        daemon(
+            dbs.config(
+                [PEOPLE_CFG, {"source": "orders"}, {"source": "events"}],
+                pipeline={"copy": {"workers": 2, "range_rows": 100_000}},
+            )
+        )
+        wait_until(
+            lambda: scalar(dbs.dst, "SELECT state FROM replicator.pipelines") == "streaming",
+            timeout=240,
+            reason="initial copy done",
+        )
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    wait_for_equal(dbs.src, dbs.dst, ["public.orders", "public.events"], timeout=120)
+    wait_until(
+        lambda: masked_people(dbs.src) == masked_people(dbs.dst),
+        timeout=60,
+        reason="people equal, masked",
+    )
+    assert scalar(dbs.dst, "SELECT count(*) FROM people WHERE mobile LIKE '98%'") == 0
+    assert scalar(dbs.dst, "SELECT count(*) FROM replicator.copy_ranges WHERE NOT done") == 0
+
+
+@pytest.mark.slow
+def test_copy_killed_halfway_resumes_with_the_missing_ranges_only(dbs, daemon):
+    create(dbs)
+    seed(dbs, 300_000, 200_000, 50_000)
+    d = daemon(
+        dbs.config(
+            [PEOPLE_CFG, {"source": "orders"}, {"source": "events"}],
+            pipeline={"copy": {"workers": 1, "range_rows": 40_000}},
+        )
+    )
+    done = "SELECT count(*) FROM replicator.copy_ranges WHERE done"
+    total = "SELECT count(*) FROM replicator.copy_ranges"
+    wait_until(
+        lambda: (
+            scalar(dbs.dst, "SELECT to_regclass('replicator.copy_ranges')")
+            and scalar(dbs.dst, done) >= 3
+        ),
+        timeout=120,
+        reason="a few ranges done",
+    )
+    d.kill()
+    finished = {
+        r[0]: r[1]
+        for r in psycopg.connect(dbs.dst)
+        .execute(
+            "SELECT source_table || ':' || range_no, finished_at FROM replicator.copy_ranges"
+            " WHERE done"
+        )
+        .fetchall()
+    }
+    assert 0 < len(finished) < scalar(dbs.dst, total)
+    execute(
+        dbs.src,
+        "UPDATE people SET v = 42 WHERE id % 1000 = 0",
+        "DELETE FROM orders WHERE id % 999 = 0",
+        "INSERT INTO events VALUES (-1, 'after')",
+    )
+    d.start()
+    wait_until(
+        lambda: scalar(dbs.dst, "SELECT state FROM replicator.pipelines") == "streaming",
+        timeout=240,
+        reason="copy resumed and done",
+    )
+    after = dict(
+        psycopg.connect(dbs.dst)
+        .execute(
+            "SELECT source_table || ':' || range_no, finished_at FROM replicator.copy_ranges"
+            " WHERE done"
+        )
+        .fetchall()
+    )
+    assert all(after[k] == v for k, v in finished.items())  # finished ranges not copied again
+    wait_for_equal(dbs.src, dbs.dst, ["public.orders", "public.events"], timeout=120)
+    wait_until(
+        lambda: masked_people(dbs.src) == masked_people(dbs.dst),
+        timeout=60,
+        reason="people equal, masked",
+    )
+
+
+def test_rows_present_before_the_first_run_arrive_and_the_stream_follows(dbs, daemon):
+    create(dbs)
+    seed(dbs, 1000, 1000, 100)
+    execute(dbs.dst, "INSERT INTO orders VALUES (-5, 0, 0)")  # truncated by the copy
+    daemon(dbs.config([PEOPLE_CFG, {"source": "orders"}, {"source": "events"}]))
+    execute(
+        dbs.src, "UPDATE orders SET amount = 0 WHERE id <= 10", "INSERT INTO events VALUES (0, 'z')"
+    )
+    wait_for_equal(dbs.src, dbs.dst, ["public.orders", "public.events"])
+    wait_until(
+        lambda: masked_people(dbs.src) == masked_people(dbs.dst),
+        timeout=30,
+        reason="people equal, masked",
+    )
+
+
+def test_merge_keeps_target_rows_and_skip_copies_nothing(dbs, daemon):
+    create(dbs)
+    seed(dbs, 100, 100, 10)
+    execute(dbs.dst, "INSERT INTO orders VALUES (-5, 0, 0), (1, 1, 1)")
+    daemon(dbs.config([{"source": "orders", "target": "orders"}], pipeline={"snapshot": "merge"}))
+    wait_until(
+        lambda: scalar(dbs.dst, "SELECT count(*) FROM orders") == 101, timeout=30, reason="merged"
+    )
+    assert scalar(dbs.dst, "SELECT amount FROM orders WHERE id = 1") == scalar(
+        dbs.src, "SELECT amount FROM orders WHERE id = 1"
+    )
+
+
+def test_dropped_slot_stops_the_pipeline_with_a_clear_message(dbs, daemon):
+    create(dbs)
+    d = daemon(dbs.config([{"source": "orders"}]))
+    wait_until(
+        lambda: scalar(dbs.dst, "SELECT state FROM replicator.pipelines") == "streaming",
+        timeout=60,
+        reason="streaming",
+    )
+    assert d.stop() == 0
+    execute(dbs.src, f"SELECT pg_drop_replication_slot('replicator_{dbs.pipeline}')")
+    d.start()
+    wait_until(lambda: not d.alive(), timeout=30, reason="daemon refuses to run")
+    assert d.proc.returncode == 1
+    assert f"replication slot 'replicator_{dbs.pipeline}' on 'src' is missing" in d.log_text()
+    assert "resync --all" in d.log_text()
