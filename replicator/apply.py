@@ -24,13 +24,16 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 
 from replicator import sqlgen
-from replicator.batching import TableBatch
+from replicator.batching import UPDATE, Entry, TableBatch
+from replicator.classify import Directive, classify
 from replicator.config import QualifiedName
+from replicator.errors import describe_error
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan
-from replicator.protocol.messages import Datum, pg_timestamp_to_datetime
+from replicator.protocol.messages import UNCHANGED_TOAST, Begin, Datum, pg_timestamp_to_datetime
 
 # Text input pinned like the source's output, so values parse the same everywhere.
 TARGET_OPTIONS = (
@@ -47,6 +50,7 @@ class ApplyCounts:
     deleted: int = 0
     update_missing: int = 0
     delete_missing: int = 0
+    dead_letters: int = 0
     per_table: dict[QualifiedName, list[int]] = field(default_factory=dict)
 
     def add(self, table: QualifiedName, ins: int, upd: int, dele: int) -> None:
@@ -77,15 +81,18 @@ def target_conninfo(dsn: str, application_name: str) -> str:
 class TargetSession:
     """One connection to the target, owned by one pipeline."""
 
-    def __init__(self, conn: AsyncConnection, origin: str) -> None:
+    def __init__(self, conn: AsyncConnection, origin: str, pipeline: str = "") -> None:
         self.conn = conn
         self.origin = origin
+        self.pipeline = pipeline  # names dead letters
         self.in_transaction = False
         self._stages: dict[int, tuple] = {}  # target oid -> staging shape created
         self._dirty: set[int] = set()  # stages holding rows from an earlier flush
 
     @classmethod
-    async def open(cls, dsn: str, *, origin: str, application_name: str) -> TargetSession:
+    async def open(
+        cls, dsn: str, *, origin: str, application_name: str, pipeline: str = ""
+    ) -> TargetSession:
         conn = await AsyncConnection.connect(
             target_conninfo(dsn, application_name), autocommit=True
         )
@@ -97,7 +104,7 @@ class TargetSession:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, origin)
+        return cls(conn, origin, pipeline)
 
     async def close(self) -> None:
         await self.conn.close()
@@ -150,12 +157,90 @@ class TargetSession:
     # -- applying --------------------------------------------------------------------
 
     async def flush_table(self, tb: TableBatch, counts: ApplyCounts) -> None:
-        """Apply one table's folded changes inside the open transaction."""
+        """Apply one table's folded changes inside the open transaction.
+
+        Rows the target rejects (a data or integrity error) do not stop the stream: the
+        changes are split in halves under savepoints until each rejected row stands
+        alone; those go, masked, to replicator.dead_letters in this same transaction,
+        and the rest applies. If the dead letter cannot be written, the error stands."""
         await self.begin()
+        await self.conn.execute("SAVEPOINT replicator_flush")
+        try:
+            await self._flush_any(tb, counts)
+        except psycopg.Error as exc:
+            if classify(exc) is not Directive.DEAD_LETTER:
+                raise
+            await self._rollback_to("replicator_flush")
+            await self._isolate(tb.split(), counts)
+        else:
+            await self.conn.execute("RELEASE SAVEPOINT replicator_flush")
+
+    async def _flush_any(self, tb: TableBatch, counts: ApplyCounts) -> None:
         if tb.plan.mode == "keyed":
             await self._flush_keyed(tb, counts)
         else:
             await self._flush_ordered(tb, counts)
+
+    async def _rollback_to(self, savepoint: str) -> None:
+        await self.conn.execute(
+            sql.SQL("ROLLBACK TO SAVEPOINT {}").format(sql.Identifier(savepoint))
+        )
+        # a staging table created after the savepoint is gone again
+        self._stages.clear()
+        self._dirty.clear()
+
+    async def _isolate(self, parts: list[TableBatch], counts: ApplyCounts) -> None:
+        """Bisect ``parts`` (one net change each) down to the changes the target rejects."""
+        if len(parts) == 1:
+            await self.conn.execute("SAVEPOINT replicator_row")
+            try:
+                await self._flush_any(parts[0], counts)
+            except psycopg.Error as exc:
+                if classify(exc) is not Directive.DEAD_LETTER:
+                    raise
+                await self._rollback_to("replicator_row")
+                await self._dead_letter(parts[0], exc)
+                counts.dead_letters += 1
+            else:
+                await self.conn.execute("RELEASE SAVEPOINT replicator_row")
+            return
+        mid = len(parts) // 2
+        for half in (parts[:mid], parts[mid:]):
+            await self.conn.execute("SAVEPOINT replicator_half")
+            try:
+                await self._flush_any(TableBatch.merge(half), counts)
+            except psycopg.Error as exc:
+                if classify(exc) is not Directive.DEAD_LETTER:
+                    raise
+                await self._rollback_to("replicator_half")
+                await self._isolate(half, counts)
+            else:
+                await self.conn.execute("RELEASE SAVEPOINT replicator_half")
+
+    async def _dead_letter(self, part: TableBatch, exc: psycopg.Error) -> None:
+        plan = part.plan
+        letter = dead_letter_of(part)
+        txn = letter.txn
+        await self.conn.execute(
+            "INSERT INTO replicator.dead_letters (pipeline, source_table, target_table,"
+            " operation, key, row_data, old_key, error_class, error_message, source_lsn,"
+            " source_xid, source_commit_time) VALUES"
+            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::pg_lsn, %s, %s)",
+            [
+                self.pipeline,
+                str(plan.source),
+                str(plan.target.name),
+                letter.operation,
+                Jsonb(letter.key),
+                None if letter.row is None else Jsonb(letter.row),
+                None if letter.old_key is None else Jsonb(letter.old_key),
+                exc.sqlstate or "",
+                describe_error(exc),
+                str(txn.final_lsn) if txn else "0/0",
+                txn.xid if txn else None,
+                pg_timestamp_to_datetime(txn.commit_time) if txn else None,
+            ],
+        )
 
     async def _flush_keyed(self, tb: TableBatch, counts: ApplyCounts) -> None:
         plan = tb.plan
@@ -268,10 +353,72 @@ class TargetSession:
     ) -> None:
         """A key move that cannot be folded (some TOAST values unknown): applied alone."""
         await self.begin()
-        cur = await self.conn.execute(sqlgen.update_by_key(plan, old_key, row))
+        await self.conn.execute("SAVEPOINT replicator_row")
+        try:
+            cur = await self.conn.execute(sqlgen.update_by_key(plan, old_key, row))
+        except psycopg.Error as exc:
+            if classify(exc) is not Directive.DEAD_LETTER:
+                raise
+            await self._rollback_to("replicator_row")
+            tb = TableBatch(plan)
+            tb.rows[tuple(row[i] for i in plan.key)] = Entry(UPDATE, row, tuple(old_key))
+            await self._dead_letter(tb, exc)
+            counts.dead_letters += 1
+            return
+        await self.conn.execute("RELEASE SAVEPOINT replicator_row")
         counts.update_missing += 1 - min(1, cur.rowcount)
         counts.add(plan.target.name, 0, cur.rowcount, 0)
 
     async def truncate(self, tables: Sequence[QualifiedName], *, restart_identity: bool) -> None:
         await self.begin()
         await self.conn.execute(sqlgen.truncate(tables, restart_identity=restart_identity))
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One rejected net change, as the apply would have written it (masked)."""
+
+    operation: str
+    key: dict[str, str | None]
+    row: dict[str, str | None] | None
+    old_key: dict[str, str | None] | None
+    txn: Begin | None
+
+
+def _text(v: Datum) -> str | None:
+    return None if v is None else v.decode()  # type: ignore[union-attr]
+
+
+def dead_letter_of(part: TableBatch) -> DeadLetter:
+    """The single change in ``part`` as a dead letter. Values are the masked ones the
+    plan produced; an unchanged TOAST value was never received and is left out."""
+    plan = part.plan
+    cols = plan.columns
+    keycols = plan.key_columns
+
+    def row_of(values: Sequence[Datum]) -> dict[str, str | None]:
+        return {c: _text(v) for c, v in zip(cols, values, strict=True) if v is not UNCHANGED_TOAST}
+
+    if part.deleted:
+        ((key, txn),) = part.deleted.items()
+        return DeadLetter(
+            "delete", dict(zip(keycols, map(_text, key), strict=True)), None, None, txn
+        )
+    if part.rows:
+        (entry,) = part.rows.values()
+        row = row_of(entry.values)
+        key = {c: row.get(c) for c in keycols}
+        if entry.kind == UPDATE:
+            old = dict(zip(keycols, map(_text, entry.old_key or ()), strict=True))
+            return DeadLetter("update", key, row, old, entry.txn)
+        return DeadLetter("insert", key, row, None, entry.txn)
+    (op,) = part.ordered
+    if op.op == "I":
+        assert op.new is not None
+        return DeadLetter("insert", {}, row_of(op.new), None, op.txn)
+    assert op.old is not None
+    old = row_of(op.old)
+    if op.op == "U":
+        assert op.new is not None
+        return DeadLetter("update", {}, row_of(op.new), old, op.txn)
+    return DeadLetter("delete", {}, None, old, op.txn)

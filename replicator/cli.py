@@ -109,3 +109,9 @@ def demo(rows: int, seconds: float, keep: bool, version: int | None) -> None:
     from replicator.demo import DemoOptions, run_demo  # noqa: PLC0415
 
     sys.exit(run_demo(DemoOptions(rows=rows, seconds=seconds, keep=keep, version=version)))
+
+
+# operator commands live in their own module
+from replicator.cli_ops import dlq  # noqa: E402
+
+main.add_command(dlq)

@@ -364,8 +364,8 @@ class PipelineConfig(_Model):
 
     def origin_names(self) -> frozenset[str]:
         """Every origin this pipeline's writes carry: the apply session's, each copy
-        worker's and the resync catch-up's."""
-        names = {self.origin_name, f"{self.origin_name}__sync"}
+        worker's, the resync catch-up's and dead-letter retries'."""
+        names = {self.origin_name, f"{self.origin_name}__sync", f"{self.origin_name}__dlq"}
         names |= {f"{self.origin_name}__c{i}" for i in range(self.copy_.workers)}
         return frozenset(names)
 

@@ -30,7 +30,7 @@ import structlog
 from replicator import control
 from replicator.apply import ApplyCounts, TargetSession
 from replicator.assembler import CHANGE_TAGS, Assembler, NonTransactional, TxnChunk, WorkItem
-from replicator.batching import TableBatch
+from replicator.batching import TableBatch, TxnRef
 from replicator.catalog import read_source_relation, read_target_table
 from replicator.config import Config, PipelineConfig, QualifiedName
 from replicator.errors import MaskingError, ProtocolError, SchemaError, SlotError
@@ -108,6 +108,7 @@ class Pipeline:
         # tables whose copy holds changes committed before an LSN (resumed copies, resyncs)
         self._skip_by_name: dict[QualifiedName, Lsn] = {}
         self._skip: dict[int, Lsn] = {}  # the same, by relation id
+        self._txn = TxnRef()  # the source transaction being folded, for dead letters
         self._last_idle_record = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -124,6 +125,7 @@ class Pipeline:
             cfg.databases[pipe.to].dsn.secret_value,
             origin=pipe.origin_name,
             application_name=f"replicator:{pipe.name}:apply",
+            pipeline=pipe.name,
         )
         self._target = target
         try:
@@ -411,6 +413,7 @@ class Pipeline:
             assert chunk.commit is not None
             self.stats.skipped_transactions += 1
         tables = self._tables
+        self._txn.begin = chunk.begin
         plans = self._effective_plans(chunk)
         decode = self._decoder.decode
         for item in chunk.items:
@@ -491,7 +494,7 @@ class Pipeline:
             hash_key=self.hash_key,
         )
         self._plans[rid] = plan
-        self._tables[rid] = TableBatch(plan)
+        self._tables[rid] = TableBatch(plan, ref=self._txn)
         if table.source in self._skip_by_name:
             self._skip[rid] = self._skip_by_name[table.source]
         self.log.info(
@@ -563,6 +566,7 @@ class Pipeline:
         s.deleted += counts.deleted
         s.update_missing += counts.update_missing
         s.delete_missing += counts.delete_missing
+        s.dead_letters += counts.dead_letters
 
     async def _commit(self, target: TargetSession) -> None:
         last = self._batch_last

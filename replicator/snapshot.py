@@ -16,6 +16,7 @@ I/O. Memory stays bounded: rows move in chunks of ~1 MB.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -27,11 +28,13 @@ from psycopg import AsyncConnection, sql
 
 from replicator import control, sqlgen
 from replicator.apply import ApplyCounts, TargetSession
-from replicator.batching import TableBatch
+from replicator.batching import TableBatch, TxnRef
+from replicator.classify import Directive, classify
 from replicator.config import QualifiedName
 from replicator.errors import SchemaError
 from replicator.lsn import Lsn
 from replicator.mapping import TablePlan
+from replicator.protocol.messages import Begin, datetime_to_pg_timestamp
 from replicator.sqlgen import copy_value
 from replicator.stats import TableProgress
 
@@ -165,7 +168,9 @@ class CopyWorker:
         self.target = target
 
     @classmethod
-    async def open(cls, src_dsn: str, target_dsn: str, *, origin: str, name: str) -> CopyWorker:
+    async def open(
+        cls, src_dsn: str, target_dsn: str, *, origin: str, name: str, pipeline: str
+    ) -> CopyWorker:
         src = await AsyncConnection.connect(src_dsn, autocommit=True, application_name=name)
         try:
             async with await AsyncConnection.connect(target_dsn, autocommit=True) as admin:
@@ -176,7 +181,9 @@ class CopyWorker:
                     " WHERE pg_catalog.pg_replication_origin_oid(%s) IS NULL",
                     [origin, origin],
                 )
-            target = await TargetSession.open(target_dsn, origin=origin, application_name=name)
+            target = await TargetSession.open(
+                target_dsn, origin=origin, application_name=name, pipeline=pipeline
+            )
         except BaseException:
             await src.close()
             raise
@@ -187,6 +194,44 @@ class CopyWorker:
         await self.target.close()
 
     async def copy_range(
+        self,
+        plan: TablePlan,
+        rng: control.CopyRange,
+        *,
+        snapshot: str | None,
+        snapshot_lsn: Lsn,
+        pipeline: str,
+        merge: bool,
+        truncate_first: bool,
+        partitioned: bool,
+        on_rows: Callable[[int, int], None],
+    ) -> tuple[int, int]:
+        """Copy one range in one target transaction. If the target rejects a row, the
+        range is copied again through the apply's own path, where rejected rows go to
+        the dead letters and the rest lands."""
+        counted = [0, 0]
+
+        def track(n: int, b: int) -> None:
+            counted[0] += n
+            counted[1] += b
+            on_rows(n, b)
+
+        args = {
+            "snapshot": snapshot,
+            "snapshot_lsn": snapshot_lsn,
+            "pipeline": pipeline,
+            "truncate_first": truncate_first,
+            "partitioned": partitioned,
+        }
+        try:
+            return await self._attempt(plan, rng, merge=merge, on_rows=track, **args)
+        except psycopg.Error as exc:
+            if merge or classify(exc) is not Directive.DEAD_LETTER:
+                raise
+        on_rows(-counted[0], -counted[1])  # that attempt rolled back
+        return await self._attempt(plan, rng, merge=True, on_rows=on_rows, **args)
+
+    async def _attempt(
         self,
         plan: TablePlan,
         rng: control.CopyRange,
@@ -212,7 +257,7 @@ class CopyWorker:
                     sql.SQL("TRUNCATE ONLY {}").format(sqlgen.table_ident(plan.target.name))
                 )
             if merge:
-                rows, nbytes = await self._merge(plan, rng, partitioned, on_rows)
+                rows, nbytes = await self._merge(plan, rng, partitioned, on_rows, snapshot_lsn)
             else:
                 rows, nbytes = await self._copy(plan, rng, partitioned, on_rows)
             await control.mark_range_done(
@@ -269,10 +314,15 @@ class CopyWorker:
         rng: control.CopyRange,
         partitioned: bool,
         on_rows: Callable[[int, int], None],
+        snapshot_lsn: Lsn,
     ) -> tuple[int, int]:
-        """Merge into existing rows: the staged upsert of the stream's insert path."""
+        """Merge into existing rows: the staged upsert of the stream's insert path (and
+        its dead letters, which name the snapshot's position as their source LSN)."""
         rows = nbytes = 0
-        tb = TableBatch(plan)
+        tb = TableBatch(
+            plan,
+            ref=TxnRef(Begin(snapshot_lsn, datetime_to_pg_timestamp(dt.datetime.now(dt.UTC)), 0)),
+        )
         async with self.src.cursor() as scur, scur.copy(_select(plan, rng, partitioned)) as out:
             async for data in out:
                 line = bytes(data).rstrip(b"\n")

@@ -10,8 +10,9 @@ import enum
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from replicator.config import QualifiedName
+from replicator.config import PipelineConfig, QualifiedName
 from replicator.lsn import INVALID_LSN, Lsn
 
 
@@ -63,7 +64,68 @@ class PipelineStats:
     update_missing: int = 0
     delete_missing: int = 0
     commits: int = 0
+    dead_letters: int = 0  # rows sent to replicator.dead_letters
     queue_bytes: int = 0
     last_error: str | None = None
     copy: dict[QualifiedName, TableProgress] = field(default_factory=dict)
     apply_delays: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    # --- read by the operations surface (health, metrics, notify); see each comment for
+    # the pipeline events that update it. Defaults mean "not reported", never a guess.
+    # Unix time since which received changes wait for the target: set when a chunk is
+    # queued while it is None, cleared when the applier is idle again (queue empty, nothing
+    # in the batch). Not reset at each commit: under a backlog the lag is then measured from
+    # last_commit_time; after a quiet spell, from this arrival, not from the old commit.
+    pending_since: float | None = None
+    dead_letters: int = 0  # rows this process wrote to the dead-letter table
+    conflicts: int = 0  # rows where the table's conflict rule kept the target's version
+    # rows applied per target table, for per-table metrics (the totals above stay the truth)
+    table_rows: dict[QualifiedName, TableCounts] = field(default_factory=dict)
+
+    def pending(self) -> bool:
+        """Changes were received that the target has not committed yet."""
+        return self.pending_since is not None or self.queue_bytes > 0
+
+    def lag_bytes(self) -> int:
+        """WAL the slot has sent us that the target has not recorded. Keepalives move
+        ``received_lsn`` too, so an idle pipeline shows up to the idle-record threshold."""
+        if not self.received_lsn or not self.applied_lsn:
+            return 0
+        return max(0, self.received_lsn - self.applied_lsn)
+
+    def lag_seconds(self, now: float) -> float | None:
+        """How far behind the source the target is, in seconds of source commit time:
+        0 when nothing waits; else ``now`` (Unix) minus the later of the last applied
+        source commit and the arrival of the waiting data. None when it cannot be told
+        (data waits, nothing committed yet, arrival not recorded)."""
+        if not self.pending():
+            return 0.0
+        marks = [t for t in (self.last_commit_time, self.pending_since) if t is not None]
+        if not marks:
+            return None
+        return max(0.0, now - max(marks))
+
+    def phase(self) -> State:
+        """``state``, except that a pipeline still starting while its initial copy runs
+        counts as copying (the copy runs before the pipeline reports a state of its own)."""
+        if self.state is State.STARTING and any(
+            p.ranges_total and p.finished is None for p in self.copy.values()
+        ):
+            return State.COPYING
+        return self.state
+
+
+@dataclass(slots=True)
+class TableCounts:
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+
+
+class Observed(Protocol):
+    """What the health endpoint, metrics and notifications read from a pipeline."""
+
+    @property
+    def pipe(self) -> PipelineConfig: ...
+
+    @property
+    def stats(self) -> PipelineStats: ...

@@ -173,6 +173,7 @@ class Startup:
                 self.dst_dsn,
                 origin=f"{pipe.origin_name}__c{i}",
                 name=f"replicator:{pipe.name}:copy{i}",
+                pipeline=pipe.name,
             )
 
         await run_copy(

@@ -201,7 +201,8 @@ def test_run_refuses_a_mask_the_target_cannot_honour_before_streaming(
 
 def test_planted_values_never_leave_the_process_unmasked(dbs, daemon, tmp_path):
     execute(dbs.src, CITIZENS)
-    execute(dbs.dst, CITIZENS)
+    # the target refuses district 13: that row, planted values and all, is dead-lettered
+    execute(dbs.dst, CITIZENS, "ALTER TABLE citizens ADD CHECK (district_id IS DISTINCT FROM 13)")
     d = daemon(dbs.config([{"source": "citizens", "mask": MASKS}]))
     planted = [f"LEAK{secrets.token_hex(6).upper()}" for _ in range(300)]
     with psycopg.connect(dbs.src, autocommit=True) as conn:
@@ -215,11 +216,18 @@ def test_planted_values_never_leave_the_process_unmasked(dbs, daemon, tmp_path):
             )
         conn.execute("DELETE FROM citizens WHERE id % 7 = 0")
         conn.execute("UPDATE citizens SET id = id + 10000 WHERE id % 11 = 0")
+        rejected = planted[-1]
+        conn.execute(
+            "INSERT INTO citizens (id, aadhaar, mobile, email, district_id)"
+            " VALUES (99999, %s, %s, %s, 13)",
+            (rejected, rejected, rejected + "@x.in"),
+        )
     wait_until(
-        lambda: target_rows(dbs.dst) == expected_masked(dbs.src),
+        lambda: target_rows(dbs.dst) == [r for r in expected_masked(dbs.src) if r[0] != 99999],
         timeout=60,
-        reason="all changes applied",
+        reason="all changes applied but the rejected row",
     )
+    assert scalar(dbs.dst, "SELECT count(*) FROM replicator.dead_letters") == 1
     assert d.stop() == 0
     dump = subprocess.run(
         [str(dbs.pair.dst.install.tool("pg_dump")), "-d", dbs.dst],
