@@ -51,6 +51,7 @@ class ApplyCounts:
     update_missing: int = 0
     delete_missing: int = 0
     dead_letters: int = 0
+    conflicts: int = 0  # rows written to replicator.conflicts
     per_table: dict[QualifiedName, list[int]] = field(default_factory=dict)
 
     def add(self, table: QualifiedName, ins: int, upd: int, dele: int) -> None:
@@ -86,6 +87,7 @@ class TargetSession:
         self.origin = origin
         self.pipeline = pipeline  # names dead letters
         self.in_transaction = False
+        self.commit_timestamps = False  # track_commit_timestamp on the target (set by open)
         self._stages: dict[int, tuple] = {}  # target oid -> staging shape created
         self._dirty: set[int] = set()  # stages holding rows from an earlier flush
 
@@ -101,10 +103,14 @@ class TargetSession:
             await conn.execute(
                 "SELECT pg_catalog.pg_replication_origin_session_setup(%s)", [origin]
             )
+            cur = await conn.execute("SELECT current_setting('track_commit_timestamp')::bool")
+            tracked = (await cur.fetchone())[0]  # type: ignore[index]
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, origin, pipeline)
+        session = cls(conn, origin, pipeline)
+        session.commit_timestamps = bool(tracked)
+        return session
 
     async def close(self) -> None:
         await self.conn.close()
@@ -251,37 +257,55 @@ class TargetSession:
                 counts.add(plan.target.name, len(inserts), 0, 0)
                 return
         await self._ensure_stage(plan)
-        inserts = tb.inserts()
+        items = tb.insert_items()
         numbered = list(enumerate(groups.items()))
         data = sqlgen.stage_lines(
             plan,
-            tb.deleted.keys(),
-            ((g, ((e.old_key, e.values) for e in entries)) for g, (_, entries) in numbered),
-            inserts,
+            tb.deleted.items(),
+            ((g, ((e.old_key, e.values, e.txn) for e in entries)) for g, (_, entries) in numbered),
+            items,
         )
+        log_inserts = sqlgen.log_insert_conflicts(plan, self.pipeline) if items else None
         async with self.conn.cursor() as cur:
             async with cur.copy(sqlgen.copy_into_stage(plan)) as copy:
                 await copy.write(data)
+            # one round trip; conflicts are logged set-based, before the statement they
+            # describe changes what they look at
             statements: list[sql.Composable] = []
             if tb.deleted:
-                statements.append(sqlgen.delete_from_stage(plan))
+                statements += [
+                    sqlgen.log_delete_conflicts(plan, self.pipeline),
+                    sqlgen.delete_from_stage(plan),
+                ]
             for g, (skip, _) in numbered:
                 statements.append(sqlgen.update_from_stage(plan, g, skip))
-            if inserts:
+            if items:
+                if log_inserts is not None:
+                    statements.append(log_inserts)
                 statements.append(sqlgen.insert_from_stage(plan))
             await cur.execute(sql.SQL("; ").join(statements))
             results = [cur.rowcount]
             while cur.nextset():
                 results.append(cur.rowcount)
-        self._dirty.add(plan.target.oid)
-        it = iter(results)
-        deleted = next(it) if tb.deleted else 0
-        updated = 0
-        for _, (_, entries) in numbered:
-            n = next(it)
-            updated += n
-            counts.update_missing += max(0, len(entries) - n)
-        inserted = next(it) if inserts else 0
+            self._dirty.add(plan.target.oid)
+            it = iter(results)
+            deleted = 0
+            if tb.deleted:
+                counts.conflicts += next(it)
+                deleted = next(it)
+            updated = 0
+            for g, (_, entries) in numbered:
+                n = next(it)
+                updated += n
+                if n < len(entries):  # missing or older rows: say which, set-based
+                    counts.update_missing += len(entries) - n
+                    await cur.execute(sqlgen.log_update_conflicts(plan, self.pipeline, g))
+                    counts.conflicts += cur.rowcount
+            inserted = 0
+            if items:
+                if log_inserts is not None:
+                    counts.conflicts += next(it)
+                inserted = next(it)
         counts.delete_missing += max(0, len(tb.deleted) - deleted)
         counts.add(plan.target.name, inserted, updated, deleted)
 

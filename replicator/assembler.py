@@ -152,6 +152,11 @@ class Assembler:
                 self._relations[msg.relation_id] = msg
                 if chunk is None:
                     return None
+                if chunk.skipped:
+                    # the server describes a relation once per session: the applier must
+                    # see it even inside a transaction it drops, or a later one lacks it
+                    chunk.items.append(msg)
+                    return None
                 return self._add(chunk, msg, nbytes)
             case Type():
                 return None  # type names only matter for binary transfer, which we never use

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Final
 
 from replicator.errors import SchemaError
@@ -195,6 +196,15 @@ class TableBatch:
         if not self.rows:
             return self.appended
         return [e.values for e in self.rows.values() if e.kind == INSERT] + self.appended
+
+    def insert_items(self) -> list[tuple[Row, Begin | None]]:
+        """Inserts with the source transaction each comes from (for the staged path)."""
+        items = [(e.values, e.txn) for e in self.rows.values() if e.kind == INSERT]
+        if self.appended:
+            bounds = [*self.appended_txns, (len(self.appended), None)]
+            for (start, begin), (stop, _) in pairwise(bounds):
+                items.extend((row, begin) for row in self.appended[start:stop])
+        return items
 
     def update_groups(self) -> dict[tuple[int, ...], list[Entry]]:
         """UPDATE entries grouped by the positions they leave alone (unchanged TOAST)."""

@@ -33,7 +33,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from replicator.errors import ConfigError
-from replicator.masking import MaskSpec, check_pattern, parse_mask
+from replicator.masking import MaskSpec, check_pattern, parse_mask, pattern_matches
 
 DEFAULT_CONFIG_PATH: Final = "/etc/replicator/replicator.toml"
 CONFIG_ENV: Final = "REPLICATOR_CONFIG"
@@ -227,6 +227,17 @@ class ServiceConfig(_Model):
     # JSON lines for journald and log shippers; "console" for people at a terminal
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # /readyz turns 503 when a pipeline is further behind than this. Six times the 5 s
+    # sync latency the seed asks for: a burst or a big transaction passes, a stuck apply
+    # (locked table, target down) does not.
+    ready_max_lag_seconds: float = Field(default=30.0, gt=0)
+    # ... or has this much WAL received but not applied; off by default because an idle
+    # pipeline legitimately trails by up to 1 MiB of other databases' WAL
+    ready_max_lag_bytes: ByteSize | None = None
+    # Under systemd's watchdog, WATCHDOG=1 stops once a streaming pipeline has had data
+    # waiting with no position moving for this long, so systemd restarts a wedged daemon.
+    # Five minutes: longer than a big merge or a DBA's brief lock, short of hours of drift.
+    watchdog_stall_seconds: float = Field(default=300.0, gt=0)
 
 
 class MaskingConfig(_Model):
@@ -314,6 +325,9 @@ class PipelineConfig(_Model):
     snapshot: Literal["truncate", "merge", "skip"] = "truncate"
     # pgoutput protocol version; 1 is what PostgreSQL 10+ all speak
     proto_version: Literal[1, 2, 3, 4] = 1
+    # newer_wins ties between this pipeline and its reverse go to the higher priority (then
+    # the name), so both databases keep the same row
+    priority: int = 0
     tables: tuple[TableConfig, ...] = Field(alias="table")
     batch: BatchConfig = Field(default_factory=BatchConfig)
     copy_: CopyConfig = Field(default_factory=CopyConfig, alias="copy")
@@ -368,6 +382,13 @@ class PipelineConfig(_Model):
         names = {self.origin_name, f"{self.origin_name}__sync", f"{self.origin_name}__dlq"}
         names |= {f"{self.origin_name}__c{i}" for i in range(self.copy_.workers)}
         return frozenset(names)
+
+    def tie_source_wins(self, config: Config) -> bool:
+        """Whether an incoming row wins a newer_wins tie (see ``priority``)."""
+        reverse = [q for q in config.pipelines if q.from_ == self.to and q.to == self.from_]
+        if not reverse:
+            return True
+        return all((self.priority, self.name) > (q.priority, q.name) for q in reverse)
 
     def table_for(self, schema: str, name: str) -> TableConfig | None:
         for t in self.tables:
@@ -447,12 +468,70 @@ def _semantic_problems(cfg: Config) -> Iterable[tuple[Loc, str]]:
             )
         seen_slots.setdefault(slot_key, i)
         uses_hash |= any(m.kind == "hash" for t in p.tables for m in t.mask.values())
+    yield from _echo_problems(cfg)
     if uses_hash and not cfg.masking.key_file:
         yield ("masking", "key_file"), "required: a `hash` mask is configured"
     elif uses_hash and cfg.masking.key_file:
         path = _credential_path(cfg.masking.key_file)
         if not path.is_file():
             yield ("masking", "key_file"), f"{path}: no such file (needed by `hash` masks)"
+
+
+def _masked_columns(cfg: Config, table: TableConfig) -> dict[str, MaskSpec]:
+    """Source columns with a mask this config can name: table rules, and global patterns
+    whose column part is a plain name (wildcard columns are checked at start-up)."""
+    masks = {c: m for c, m in table.mask.items() if m.kind != "plain"}
+    for pattern, spec in cfg.masking.columns.items():
+        column = pattern.rsplit(".", 1)[-1]
+        if spec.kind == "plain" or any(ch in column for ch in "*?["):
+            continue
+        if column not in table.mask and pattern_matches(
+            pattern, f"{table.source.schema}.{table.source.name}", column
+        ):
+            masks.setdefault(column, spec)
+    return masks
+
+
+def _echo_problems(cfg: Config) -> Iterable[tuple[Loc, str]]:
+    """A column masked on its way from A to B must not flow back from B into A's column
+    it was masked from: the reverse pipeline would overwrite the original."""
+    for i, p in enumerate(cfg.pipelines):
+        for j, q in enumerate(cfg.pipelines):
+            if q.from_ != p.to or q.to != p.from_:
+                continue
+            for t in p.tables:
+                back = next(
+                    (
+                        b
+                        for b in q.tables
+                        if b.source == t.target_name and b.target_name == t.source
+                    ),
+                    None,
+                )
+                if back is None:
+                    continue
+                if p.snapshot == "truncate":
+                    yield (
+                        ("pipeline", i, "snapshot"),
+                        (
+                            f"the initial copy would truncate {t.target_name} on {p.to!r}, "
+                            f"whose rows pipeline {q.name!r} replicates back: use snapshot = "
+                            "'merge' (or 'skip') for pipelines of a two-way table"
+                        ),
+                    )
+                for column, spec in _masked_columns(cfg, t).items():
+                    masked_as = t.target_column(column)
+                    if masked_as is None or back.target_column(masked_as) != column:
+                        continue
+                    k = next(n for n, b in enumerate(q.tables) if b is back)
+                    yield (
+                        ("pipeline", j, "table", k, "exclude"),
+                        (
+                            f"pipeline {q.name!r} would copy {t.target_name}.{masked_as}, masked "
+                            f"({spec}) by pipeline {p.name!r} (pipeline[{i}]), back over "
+                            f"{t.source}.{column}: add {masked_as!r} to `exclude` of this table"
+                        ),
+                    )
 
 
 def _table_problems(t: TableConfig, at: Loc) -> Iterable[tuple[Loc, str]]:

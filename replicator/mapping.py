@@ -69,6 +69,11 @@ class TablePlan:
     mode: ApplyMode
     conflict_index: bool  # an ON CONFLICT target exists for ``key``
     conflict: Conflict
+    # newer_wins ties: True when the incoming row wins (this pipeline has the priority)
+    tie_source_wins: bool
+    # the target tracks commit timestamps: target_wins can tell a row changed locally
+    # after the incoming change from one that was not (last writer wins)
+    commit_timestamps: bool
     masked: frozenset[str]  # target columns that carry a lossy or hashed mask
     equality: tuple[bool, ...]  # per column: compare typed (True) or as text (False)
     _pick: Callable[[TupleData], tuple[Datum, ...]] = field(repr=False)
@@ -131,6 +136,8 @@ def build_plan(
     global_masks: Mapping[str, MaskSpec],
     unclassified: Literal["allow", "deny"],
     hash_key: bytes | None,
+    tie_source_wins: bool = True,
+    commit_timestamps: bool = False,
 ) -> TablePlan:
     src = QualifiedName(relation.namespace or "pg_catalog", relation.relation_name)
     rel_cols = [c.name for c in relation.columns]
@@ -234,6 +241,8 @@ def build_plan(
         mode=mode,
         conflict_index=conflict_index,
         conflict=table.conflict,
+        tie_source_wins=tie_source_wins,
+        commit_timestamps=commit_timestamps,
         masked=frozenset(masked),
         equality=tuple(c.has_equality for c in tcols),
         _pick=_picker(picks),

@@ -185,6 +185,8 @@ class Pipeline:
                         global_masks=cfg.masking.columns,
                         unclassified=cfg.masking.unclassified,
                         hash_key=self.hash_key,
+                        tie_source_wins=pipe.tie_source_wins(cfg),
+                        commit_timestamps=target.commit_timestamps,
                     )
                 except (SchemaError, MaskingError) as exc:
                     problems.append(str(exc))
@@ -492,6 +494,8 @@ class Pipeline:
             global_masks=self.config.masking.columns,
             unclassified=self.config.masking.unclassified,
             hash_key=self.hash_key,
+            tie_source_wins=self.pipe.tie_source_wins(self.config),
+            commit_timestamps=target.commit_timestamps,
         )
         self._plans[rid] = plan
         self._tables[rid] = TableBatch(plan, ref=self._txn)
@@ -567,6 +571,7 @@ class Pipeline:
         s.update_missing += counts.update_missing
         s.delete_missing += counts.delete_missing
         s.dead_letters += counts.dead_letters
+        s.conflicts += counts.conflicts
 
     async def _commit(self, target: TargetSession) -> None:
         last = self._batch_last

@@ -5,6 +5,8 @@ names so no user column can clash with ours::
 
     _op "char"   'D' delete, 'U' update, 'I' insert
     _g  int4     update group: which columns an UPDATE leaves alone (unchanged TOAST)
+    _lsn pg_lsn  commit LSN of the source transaction the change comes from
+    _ts int8     its commit time (microseconds since 2000-01-01), for the conflict log
     k0 .. kN     the old key (DELETE and UPDATE find their row by it)
     c0 .. cM     the target columns, in plan order
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from psycopg import sql
 
@@ -108,8 +110,23 @@ def _type(schema: str, name: str) -> sql.Identifier:
 # --- staging ----------------------------------------------------------------------------
 
 
+_PG_EPOCH: Final = sql.SQL("timestamptz '2000-01-01 00:00:00+00'")
+
+
+def _stage_time(alias: str) -> sql.Composable:
+    """A staged row's source commit time (``_ts``, microseconds since 2000) as timestamptz."""
+    return sql.SQL("{e} + {a}._ts * interval '1 microsecond'").format(
+        e=_PG_EPOCH, a=sql.Identifier(alias)
+    )
+
+
 def create_stage(plan: TablePlan) -> sql.Composed:
-    cols = [sql.SQL('"_op" "char"'), sql.SQL('"_g" int4')]
+    cols = [
+        sql.SQL('"_op" "char"'),
+        sql.SQL('"_g" int4'),
+        sql.SQL('"_lsn" pg_lsn'),
+        sql.SQL('"_ts" int8'),
+    ]
     cols += [
         sql.SQL("{} {}").format(_k(n), _type(*plan.stage_types[pos]))
         for n, pos in enumerate(plan.key)
@@ -124,26 +141,42 @@ def copy_into_stage(plan: TablePlan) -> sql.Composed:
     return sql.SQL("COPY {} FROM STDIN").format(stage_name(plan))
 
 
+TxnInfo = Any  # a Begin message (final_lsn, commit_time) or None
+
+
 def stage_lines(
     plan: TablePlan,
-    deleted: Iterable[Sequence[Datum]],
-    update_groups: Iterable[tuple[int, Iterable[tuple[Sequence[Datum], Sequence[Datum]]]]],
-    inserts: Iterable[Sequence[Datum]],
+    deleted: Iterable[tuple[Sequence[Datum], TxnInfo]],
+    update_groups: Iterable[tuple[int, Iterable[tuple[Sequence[Datum], Sequence[Datum], TxnInfo]]]],
+    inserts: Iterable[tuple[Sequence[Datum], TxnInfo]],
 ) -> bytes:
-    """Staging rows: deletes (old key), updates (group, old key, values), inserts."""
+    """Staging rows: deletes (old key), updates (group, old key, values), inserts; each
+    with the commit LSN and time of its source transaction."""
     nkey = len(plan.key)
     ncol = len(plan.columns)
     del_tail = b"\t" + b"\t".join([NULL] * ncol) if ncol else b""
-    ins_head = b"I\t\\N" + b"\t\\N" * nkey
+    no_key = b"\t\\N" * nkey
+    origin: dict[int, bytes] = {}
+
+    def txn(begin: TxnInfo) -> bytes:
+        if begin is None:
+            return b"\\N\t\\N"
+        cached = origin.get(id(begin))
+        if cached is None:
+            cached = f"{begin.final_lsn}\t{begin.commit_time}".encode()
+            origin[id(begin)] = cached
+        return cached
+
     out: list[bytes] = []
-    for key in deleted:
-        out.append(b"D\t\\N\t" + copy_line(key) + del_tail)
+    for key, begin in deleted:
+        out.append(b"D\t\\N\t" + txn(begin) + b"\t" + copy_line(key) + del_tail)
     for group, rows in update_groups:
         head = b"U\t" + str(group).encode() + b"\t"
-        for old_key, values in rows:
-            out.append(head + copy_line(old_key) + b"\t" + copy_line(values))
-    for values in inserts:
-        out.append(ins_head + b"\t" + copy_line(values) if ncol else ins_head)
+        for old_key, values, begin in rows:
+            out.append(head + txn(begin) + b"\t" + copy_line(old_key) + b"\t" + copy_line(values))
+    for values, begin in inserts:
+        line = b"I\t\\N\t" + txn(begin) + no_key
+        out.append(line + b"\t" + copy_line(values) if ncol else line)
     if not out:
         return b""
     out.append(b"")
@@ -166,9 +199,26 @@ def _match(plan: TablePlan, target_alias: str, stage_alias: str) -> sql.Composab
 
 
 def delete_from_stage(plan: TablePlan) -> sql.Composed:
-    return sql.SQL("DELETE FROM {t} AS t USING {stage} AS s WHERE s._op = 'D' AND {match}").format(
-        t=table_ident(plan.target.name), stage=stage_name(plan), match=_match(plan, "t", "s")
+    return sql.SQL(
+        "DELETE FROM {t} AS t USING {stage} AS s WHERE s._op = 'D' AND {match}{guard}"
+    ).format(
+        t=table_ident(plan.target.name),
+        stage=stage_name(plan),
+        match=_match(plan, "t", "s"),
+        guard=_local_not_newer(plan, "s"),
     )
+
+
+def _local_not_newer(plan: TablePlan, stage_alias: str) -> sql.Composable:
+    """target_wins: leave a row that was changed here after the incoming change committed.
+    Rows this pipeline wrote carry their source's commit time (origin xact setup), so
+    the comparison is between the two original writes: last writer wins."""
+    if plan.conflict.rule != "target_wins" or not plan.commit_timestamps:
+        return sql.SQL("")
+    return sql.SQL(
+        " AND (pg_catalog.pg_xact_commit_timestamp(t.xmin) IS NULL"
+        " OR pg_catalog.pg_xact_commit_timestamp(t.xmin) <= {ts})"
+    ).format(ts=_stage_time(stage_alias))
 
 
 def update_from_stage(plan: TablePlan, group: int, skip: Sequence[int]) -> sql.Composed:
@@ -182,7 +232,10 @@ def update_from_stage(plan: TablePlan, group: int, skip: Sequence[int]) -> sql.C
     if plan.conflict.rule == "newer_wins" and plan.conflict.column is not None:
         col = sql.Identifier(plan.conflict.column)
         staged = _c(plan.columns.index(plan.conflict.column))
-        newer = sql.SQL(" AND (t.{c} IS NULL OR t.{c} <= s.{s})").format(c=col, s=staged)
+        newer = sql.SQL(" AND (t.{c} IS NULL OR t.{c} {op} s.{s})").format(
+            c=col, op=_newer_op(plan), s=staged
+        )
+    newer = newer + _local_not_newer(plan, "s")
     return sql.SQL(
         "UPDATE {t} AS t SET {sets} FROM {stage} AS s "
         "WHERE s._op = 'U' AND s._g = {g} AND {match}{newer}"
@@ -217,18 +270,156 @@ def on_conflict(plan: TablePlan) -> sql.Composable:
     keys = sql.SQL(", ").join(sql.Identifier(c) for c in plan.key_columns)
     key_set = set(plan.key)
     others = [c for i, c in enumerate(plan.columns) if i not in key_set]
-    if plan.conflict.rule == "target_wins" or not others:
+    if not others or (plan.conflict.rule == "target_wins" and not plan.commit_timestamps):
         return sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(keys)
     sets = sql.SQL(", ").join(
         sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in others
     )
     clause = sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(keys, sets)
+    if plan.conflict.rule == "target_wins":
+        # the incoming row's source commit time, found back in the stage by its key
+        incoming = sql.SQL(
+            "(SELECT {ts} FROM {stage} AS s WHERE s._op = 'I' AND {m} LIMIT 1)"
+        ).format(
+            ts=_stage_time("s"),
+            stage=stage_name(plan),
+            m=sql.SQL(" AND ").join(
+                sql.SQL("s.{} = EXCLUDED.{}").format(_c(pos), sql.Identifier(plan.columns[pos]))
+                for pos in plan.key
+            ),
+        )
+        clause = sql.SQL(
+            "{} WHERE pg_catalog.pg_xact_commit_timestamp(t.xmin) IS NULL"
+            " OR pg_catalog.pg_xact_commit_timestamp(t.xmin) <= {}"
+        ).format(clause, incoming)
     if plan.conflict.rule == "newer_wins":
         col = sql.Identifier(plan.conflict.column or "")
-        clause = sql.SQL("{} WHERE t.{} IS NULL OR t.{} <= EXCLUDED.{}").format(
-            clause, col, col, col
+        clause = sql.SQL("{} WHERE t.{c} IS NULL OR t.{c} {op} EXCLUDED.{c}").format(
+            clause, c=col, op=_newer_op(plan)
         )
     return clause
+
+
+def _newer_op(plan: TablePlan) -> sql.SQL:
+    """newer_wins: the incoming row wins if strictly newer, or on a tie when this pipeline
+    has the priority (so the two directions of a two-way table pick the same row)."""
+    return sql.SQL("<=" if plan.tie_source_wins else "<")
+
+
+def _conflict_insert(plan: TablePlan, pipeline: str) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO replicator.conflicts (pipeline, target_table, key, kind, winner,"
+        " source_lsn, source_commit_time) "
+    ).format() + sql.SQL("SELECT {p}, {t}, ").format(
+        p=sql.Literal(pipeline), t=sql.Literal(str(plan.target.name))
+    )
+
+
+def _key_json(plan: TablePlan, alias: str, prefix: str) -> sql.Composable:
+    """jsonb of the (masked) key values as staged: {column: value::text}."""
+    parts = []
+    for n, pos in enumerate(plan.key):
+        col = f"k{n}" if prefix == "k" else f"c{pos}"
+        parts.append(
+            sql.SQL("{}, {}.{}::text").format(
+                sql.Literal(plan.columns[pos]), sql.Identifier(alias), sql.Identifier(col)
+            )
+        )
+    return sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(parts))
+
+
+def log_insert_conflicts(plan: TablePlan, pipeline: str) -> sql.Composed | None:
+    """Before the upsert: staged inserts whose key the target holds, with the winner the
+    table's rule decides. None when the target has no unique key (nothing conflicts)."""
+    if not plan.conflict_index:
+        return None
+    rule = plan.conflict.rule
+    if rule == "source_wins":
+        winner = sql.SQL("'source'")
+    elif rule == "target_wins" and plan.commit_timestamps:
+        winner = sql.SQL(
+            "CASE WHEN pg_catalog.pg_xact_commit_timestamp(t.xmin) IS NULL"
+            " OR pg_catalog.pg_xact_commit_timestamp(t.xmin) <= {ts}"
+            " THEN 'source' ELSE 'target' END"
+        ).format(ts=_stage_time("s"))
+    elif rule == "target_wins":
+        winner = sql.SQL("'target'")
+    else:
+        col = sql.Identifier(plan.conflict.column or "")
+        staged = _c(plan.columns.index(plan.conflict.column or ""))
+        winner = sql.SQL(
+            "CASE WHEN t.{c} IS NULL OR t.{c} {op} s.{s} THEN 'source' ELSE 'target' END"
+        ).format(c=col, op=_newer_op(plan), s=staged)
+    match = sql.SQL(" AND ").join(
+        sql.SQL("t.{} = s.{}").format(sql.Identifier(plan.columns[pos]), _c(pos))
+        if plan.equality[pos]
+        else sql.SQL("t.{}::text = s.{}::text").format(sql.Identifier(plan.columns[pos]), _c(pos))
+        for pos in plan.key
+    )
+    return _conflict_insert(plan, pipeline) + sql.SQL(
+        "{key}, 'insert_exists', {winner}, s._lsn, {ts} FROM {stage} AS s JOIN {t} AS t ON {m}"
+        " WHERE s._op = 'I'"
+    ).format(
+        key=_key_json(plan, "s", "c"),
+        winner=winner,
+        ts=_stage_time("s"),
+        stage=stage_name(plan),
+        t=table_ident(plan.target.name),
+        m=match,
+    )
+
+
+def log_update_conflicts(plan: TablePlan, pipeline: str, group: int) -> sql.Composed:
+    """After an UPDATE that changed fewer rows than were staged: the ones left out were
+    missing, or (newer_wins) older than the target's. A staged update keeps its key."""
+    exists = sql.SQL("EXISTS (SELECT 1 FROM {t} AS t WHERE {m})").format(
+        t=table_ident(plan.target.name), m=_match(plan, "t", "s")
+    )
+    newer = sql.SQL("")
+    if plan.conflict.rule == "newer_wins" and plan.conflict.column is not None:
+        col = sql.Identifier(plan.conflict.column)
+        staged = _c(plan.columns.index(plan.conflict.column))
+        newer = sql.SQL(
+            " OR EXISTS (SELECT 1 FROM {t} AS t WHERE {m} AND t.{c} IS NOT NULL"
+            " AND NOT (t.{c} {op} s.{s}))"
+        ).format(
+            t=table_ident(plan.target.name),
+            m=_match(plan, "t", "s"),
+            c=col,
+            op=_newer_op(plan),
+            s=staged,
+        )
+    if plan.conflict.rule == "target_wins" and plan.commit_timestamps:
+        newer = sql.SQL(
+            " OR EXISTS (SELECT 1 FROM {t} AS t WHERE {m}"
+            " AND pg_catalog.pg_xact_commit_timestamp(t.xmin) > {ts})"
+        ).format(t=table_ident(plan.target.name), m=_match(plan, "t", "s"), ts=_stage_time("s"))
+    return _conflict_insert(plan, pipeline) + sql.SQL(
+        "{key}, CASE WHEN {exists} THEN 'update_older' ELSE 'update_missing' END, 'target',"
+        " s._lsn, {ts} FROM {stage} AS s WHERE s._op = 'U' AND s._g = {g}"
+        " AND (NOT {exists}{newer})"
+    ).format(
+        key=_key_json(plan, "s", "k"),
+        exists=exists,
+        ts=_stage_time("s"),
+        stage=stage_name(plan),
+        g=sql.Literal(group),
+        newer=newer,
+    )
+
+
+def log_delete_conflicts(plan: TablePlan, pipeline: str) -> sql.Composed:
+    """Before the DELETE: staged deletes whose row the target does not have."""
+    return _conflict_insert(plan, pipeline) + sql.SQL(
+        "{key}, 'delete_missing', 'target', s._lsn, {ts} FROM {stage} AS s"
+        " WHERE s._op = 'D' AND NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {m})"
+    ).format(
+        key=_key_json(plan, "s", "k"),
+        ts=_stage_time("s"),
+        stage=stage_name(plan),
+        t=table_ident(plan.target.name),
+        m=_match(plan, "t", "s"),
+    )
 
 
 def truncate_stage(plan: TablePlan) -> sql.Composed:
@@ -328,6 +519,6 @@ def _newer_condition(plan: TablePlan, new: Sequence[Datum]) -> sql.Composable:
         return sql.SQL("")
     pos = plan.columns.index(plan.conflict.column)
     col = sql.Identifier(plan.conflict.column)
-    return sql.SQL(" AND (t.{c} IS NULL OR t.{c} <= {v})").format(
-        c=col, v=_typed(plan, pos, new[pos])
+    return sql.SQL(" AND (t.{c} IS NULL OR t.{c} {op} {v})").format(
+        c=col, op=_newer_op(plan), v=_typed(plan, pos, new[pos])
     )

@@ -76,7 +76,6 @@ class PipelineStats:
     # in the batch). Not reset at each commit: under a backlog the lag is then measured from
     # last_commit_time; after a quiet spell, from this arrival, not from the old commit.
     pending_since: float | None = None
-    dead_letters: int = 0  # rows this process wrote to the dead-letter table
     conflicts: int = 0  # rows where the table's conflict rule kept the target's version
     # rows applied per target table, for per-table metrics (the totals above stay the truth)
     table_rows: dict[QualifiedName, TableCounts] = field(default_factory=dict)

@@ -103,3 +103,16 @@ def execute(dsn: str, *statements: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for s in statements:
             conn.execute(s)  # type: ignore[arg-type]
+
+
+def assert_stable(probe: Callable[[], Any], *, seconds: float, interval: float = 0.5) -> Any:
+    """``probe()`` must return the same value throughout ``seconds`` (a quiet system stays
+    quiet: this is an observation window, the one kind of timed wait a test may need)."""
+    first = probe()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = probe()
+        if now != first:
+            raise AssertionError(f"changed while it should stay still: {first!r} -> {now!r}")
+    return first

@@ -128,11 +128,8 @@ def _cluster_root() -> Path:
     return _root
 
 
-@pytest.fixture(
-    scope="session", params=[i.major for i in INSTALLS], ids=[f"pg{i.major}" for i in INSTALLS]
-)
-def pg_pair(request: pytest.FixtureRequest) -> ClusterPair:
-    major: int = request.param
+def get_pair(major: int) -> ClusterPair:
+    """The session's source and target clusters of one version, started on first use."""
     if major not in _pairs:
         install = next(i for i in INSTALLS if i.major == major)
         root = _cluster_root()
@@ -141,6 +138,13 @@ def pg_pair(request: pytest.FixtureRequest) -> ClusterPair:
         dst = localpg.LocalCluster(install, root, f"dst{major}", settings=settings).init().start()
         _pairs[major] = ClusterPair(major, src, dst)
     return _pairs[major]
+
+
+@pytest.fixture(
+    scope="session", params=[i.major for i in INSTALLS], ids=[f"pg{i.major}" for i in INSTALLS]
+)
+def pg_pair(request: pytest.FixtureRequest) -> ClusterPair:
+    return get_pair(request.param)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -309,3 +313,76 @@ def wait_for_equal(
 @pytest.fixture
 def deadline() -> float:
     return time.monotonic() + 120
+
+
+# --- two databases replicating both ways ---------------------------------------------------
+
+_MAJORS = [i.major for i in INSTALLS]
+TWO_WAY = [(m, m) for m in _MAJORS] + ([(_MAJORS[0], _MAJORS[-1])] if len(_MAJORS) > 1 else [])
+
+
+@dataclass
+class TwoWay:
+    """Database ``a`` (warehouse side) and ``b`` (portal side), each on its own cluster."""
+
+    name: str
+    a_cluster: localpg.LocalCluster
+    b_cluster: localpg.LocalCluster
+
+    @property
+    def a(self) -> str:
+        return self.a_cluster.conninfo(self.name)
+
+    @property
+    def b(self) -> str:
+        return self.b_cluster.conninfo(self.name)
+
+    def config(
+        self,
+        a_to_b: list[dict[str, Any]],
+        b_to_a: list[dict[str, Any]],
+        *,
+        a_to_b_options: dict[str, Any] | None = None,
+        b_to_a_options: dict[str, Any] | None = None,
+        masking: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "service": {"log_format": "json"},
+            "databases": {"a": {"dsn": self.a}, "b": {"dsn": self.b}},
+            "pipeline": [
+                {
+                    "name": f"ab_{self.name}",
+                    "from": "a",
+                    "to": "b",
+                    # merge: a two-way table's first copy must not truncate the other side
+                    "snapshot": "merge",
+                    **(a_to_b_options or {}),
+                    "table": a_to_b,
+                },
+                {
+                    "name": f"ba_{self.name}",
+                    "from": "b",
+                    "to": "a",
+                    # merge: a two-way table's first copy must not truncate the other side
+                    "snapshot": "merge",
+                    **(b_to_a_options or {}),
+                    "table": b_to_a,
+                },
+            ],
+        }
+        if masking:
+            cfg["masking"] = masking
+        return cfg
+
+
+@pytest.fixture(params=TWO_WAY, ids=[f"pg{x}" if x == y else f"pg{x}-pg{y}" for x, y in TWO_WAY])
+def two_way(request: pytest.FixtureRequest) -> Iterator[TwoWay]:
+    x, y = request.param
+    a_cluster, b_cluster = get_pair(x).src, get_pair(y).dst
+    name = "w_" + uuid.uuid4().hex[:12]
+    for cluster in (a_cluster, b_cluster):
+        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield TwoWay(name, a_cluster, b_cluster)
+    for cluster in (a_cluster, b_cluster):
+        _drop_database(cluster, name)

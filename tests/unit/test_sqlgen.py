@@ -9,8 +9,9 @@ from psycopg import sql
 
 from replicator import sqlgen
 from replicator.config import QualifiedName
+from replicator.lsn import Lsn
 from replicator.mapping import TablePlan, TargetColumn
-from replicator.protocol.messages import UNCHANGED_TOAST, BinaryDatum, Datum
+from replicator.protocol.messages import UNCHANGED_TOAST, Begin, BinaryDatum, Datum
 
 from .conftest import PlanFactory, text_column
 
@@ -105,7 +106,8 @@ def test_staging_statements_render_exactly(hostile: Callable[..., TablePlan]) ->
     stage_cols = ", ".join(f'"c{i}" "pg_catalog"."text"' for i in range(6))
     assert text(sqlgen.create_stage(plan)) == (
         f"DROP TABLE IF EXISTS {STAGE}; CREATE TEMP TABLE {STAGE} "
-        f'("_op" "char", "_g" int4, "k0" "pg_catalog"."text", {stage_cols}) '
+        f'("_op" "char", "_g" int4, "_lsn" pg_lsn, "_ts" int8, "k0" "pg_catalog"."text", '
+        f"{stage_cols}) "
         "ON COMMIT DELETE ROWS"
     )
     assert text(sqlgen.copy_into_stage(plan)) == f"COPY {STAGE} FROM STDIN"
@@ -322,26 +324,27 @@ def test_stage_lines_put_deletes_then_update_groups_then_inserts(
     make_plan: PlanFactory,
 ) -> None:
     plan = make_plan(["id", "v", "big"], ["id"])
+    t1 = Begin(Lsn("0/10"), 7, 100)
     data = sqlgen.stage_lines(
         plan,
-        deleted=[(b"1",), (b"2",)],
+        deleted=[((b"1",), t1), ((b"2",), None)],
         update_groups=[
-            (0, [((b"3",), [b"3", b"a\tb", b"big"])]),
-            (1, [((b"4",), [b"40", b"", U]), ((b"5",), [b"5", None, U])]),
+            (0, [((b"3",), [b"3", b"a\tb", b"big"], t1)]),
+            (1, [((b"4",), [b"40", b"", U], t1), ((b"5",), [b"5", None, U], None)]),
         ],
-        inserts=[[b"6", b"\\N", b"x"]],
+        inserts=[([b"6", b"\\N", b"x"], t1)],
     )
     assert data.split(b"\n") == [
-        # _op, _g, k0, c0, c1, c2
-        b"D\t\\N\t1\t\\N\t\\N\t\\N",
-        b"D\t\\N\t2\t\\N\t\\N\t\\N",
-        b"U\t0\t3\t3\ta\\tb\tbig",
-        b"U\t1\t4\t40\t\t\\N",
-        b"U\t1\t5\t5\t\\N\t\\N",
-        b"I\t\\N\t\\N\t6\t\\\\N\tx",
+        # _op, _g, _lsn, _ts, k0, c0, c1, c2
+        b"D\t\\N\t0/10\t7\t1\t\\N\t\\N\t\\N",
+        b"D\t\\N\t\\N\t\\N\t2\t\\N\t\\N\t\\N",
+        b"U\t0\t0/10\t7\t3\t3\ta\\tb\tbig",
+        b"U\t1\t0/10\t7\t4\t40\t\t\\N",
+        b"U\t1\t\\N\t\\N\t5\t5\t\\N\t\\N",
+        b"I\t\\N\t0/10\t7\t\\N\t6\t\\\\N\tx",
         b"",
     ]
-    stage_columns = 2 + len(plan.key) + len(plan.columns)
+    stage_columns = 4 + len(plan.key) + len(plan.columns)
     assert all(line.count(b"\t") == stage_columns - 1 for line in data.split(b"\n")[:-1])
 
 
