@@ -56,17 +56,17 @@ def run(config_path: str) -> None:
     config = _load(config_path)
     logs.configure(config.service.log_format, config.service.log_level)
     try:
-        code = _run_async(_run_daemon(config))
+        code = _run_async(_run_daemon(config, config_path))
     except ReplicatorError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     sys.exit(code)
 
 
-async def _run_daemon(config: Config) -> int:
+async def _run_daemon(config: Config, config_path: str | None = None) -> int:
     from replicator.daemon import Daemon  # noqa: PLC0415
 
-    return await Daemon(config).run()
+    return await Daemon(config, config_path).run()
 
 
 @main.command()
@@ -87,10 +87,30 @@ def setup(config_path: str) -> None:
 
 @main.command()
 @_config_option
-def check(config_path: str) -> None:
-    """Preflight: validate the config (and, later, the databases)."""
-    config = _load(config_path)
-    click.echo(f"{config_path}: config ok, {len(config.pipelines)} pipeline(s)")
+@click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
+def check(config_path: str, as_json: bool) -> None:
+    """Preflight: config, databases, privileges, tables, types, masks.
+
+    Prints every finding with its fix; exits 1 on any error (warnings don't fail)."""
+    from replicator.preflight import (  # noqa: PLC0415
+        Finding,
+        Report,
+        format_report,
+        report_json,
+        run_preflight,
+    )
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        report = Report([Finding("error", "config", exc.source, p) for p in exc.problems])
+    else:
+        report = _run_async(run_preflight(config))
+    if as_json:
+        click.echo(report_json(report, source=config_path).decode())
+    else:
+        click.echo(format_report(report, source=config_path))
+    sys.exit(0 if report.ok else 1)
 
 
 @main.command()
@@ -112,6 +132,26 @@ def demo(rows: int, seconds: float, keep: bool, version: int | None) -> None:
 
 
 # operator commands live in their own module
-from replicator.cli_ops import dlq  # noqa: E402
+from replicator.cli_ops import dlq, resync  # noqa: E402
 
 main.add_command(dlq)
+main.add_command(resync)
+
+
+@main.command()
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config_path: str, as_json: bool) -> None:
+    """Per pipeline: slot, lag, last applied, copy progress, dead letters.
+
+    Reads the databases only, so it works while the daemon is down. Exits 1 when a
+    database could not be read."""
+    from replicator.status import format_status, read_status, status_json  # noqa: PLC0415
+
+    config = _load(config_path)
+    statuses = _run_async(read_status(config))
+    if as_json:
+        click.echo(status_json(statuses).decode())
+    else:
+        click.echo(format_status(statuses))
+    sys.exit(1 if any(st.problems for st in statuses) else 0)

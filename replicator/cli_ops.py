@@ -136,3 +136,51 @@ def dlq_discard(config_path: str, pipeline_name: str | None, ids: tuple[int, ...
     config = _load(config_path)
     n = sum(_run_async(discard(config, p, ids)) for p in _pipelines(config, pipeline_name))
     click.echo(f"discarded {n}")
+
+
+@click.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="FILE",
+    envvar="REPLICATOR_CONFIG",
+    default="/etc/replicator/replicator.toml",
+    show_default=True,
+)
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="SCHEMA.TABLE",
+    help="Copy this source table again while its pipeline streams (repeatable).",
+)
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="New slot and a full copy at the next run (daemon stopped).",
+)
+@_pipeline_option
+def resync(
+    config_path: str, tables: tuple[str, ...], everything: bool, pipeline_name: str | None
+) -> None:
+    """Re-copy tables: one table live (--table), or everything with a new slot (--all)."""
+    from replicator.cli import _load, _run_async  # noqa: PLC0415
+    from replicator.errors import ReplicatorError  # noqa: PLC0415
+    from replicator.resync_cli import resync_all, resync_tables  # noqa: PLC0415
+
+    if bool(tables) == everything:
+        click.echo("error: give --table T (one or more) or --all", err=True)
+        sys.exit(2)
+    config = _load(config_path)
+    pipes = _pipelines(config, pipeline_name)
+    try:
+        lines = _run_async(
+            resync_all(config, pipes) if everything else resync_tables(config, pipes, tables)
+        )
+    except ReplicatorError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for line in lines:
+        click.echo(line)

@@ -328,6 +328,17 @@ class PipelineConfig(_Model):
     # newer_wins ties between this pipeline and its reverse go to the higher priority (then
     # the name), so both databases keep the same row
     priority: int = 0
+    # an idle source gets a logical heartbeat message this often, so the slot's position
+    # moves even when nothing in its database changes (0: off)
+    heartbeat_interval_s: float = Field(default=10.0, ge=0)
+    # warn when the slot holds back more WAL than this on the source
+    slot_warn_bytes: ByteSize = Field(default=ByteSize(1024**3), ge=0)
+    # no byte from the source for this long (we ask for a reply every 10 s) means the
+    # connection is dead even if TCP says otherwise (a blackholed route)
+    source_timeout_s: float = Field(default=30.0, ge=5)
+    # a target operation that takes longer than this is given up and the pipeline
+    # reconnects: far above a normal flush, above a DBA's brief lock
+    target_timeout_s: float = Field(default=120.0, ge=5)
     tables: tuple[TableConfig, ...] = Field(alias="table")
     batch: BatchConfig = Field(default_factory=BatchConfig)
     copy_: CopyConfig = Field(default_factory=CopyConfig, alias="copy")

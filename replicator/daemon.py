@@ -16,13 +16,16 @@ import contextlib
 import signal
 import time
 
+import orjson
 import psycopg
 import structlog
 from tenacity import wait_exponential_jitter
 
+from replicator import notify
 from replicator.classify import Directive, classify, leaf
-from replicator.config import Config
-from replicator.errors import describe_error
+from replicator.config import Config, PipelineConfig, load_config
+from replicator.errors import ReplicatorError, describe_error
+from replicator.health import HealthServer
 from replicator.masking import key_file_warnings, load_key
 from replicator.pipeline import Pipeline, State
 
@@ -35,20 +38,99 @@ def skip_origins_for(config: Config, source_db: str) -> frozenset[str]:
     return frozenset().union(*(p.origin_names() for p in config.pipelines if p.to == source_db))
 
 
+def _signature(config: Config, pipe: PipelineConfig) -> bytes:
+    """Everything a pipeline's behaviour depends on: if this changes, it restarts."""
+    return orjson.dumps(
+        {
+            "pipeline": pipe.model_dump(mode="json", by_alias=True),
+            "from": config.databases[pipe.from_].dsn.secret_value,
+            "to": config.databases[pipe.to].dsn.secret_value,
+            "masking": config.masking.model_dump(mode="json"),
+            "echoes": sorted(skip_origins_for(config, pipe.from_)),
+            "tie": pipe.tie_source_wins(config),
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.log = structlog.get_logger("replicator")
-        key = None
-        if config.masking.key_file:
-            key = load_key(config.masking.key_file)
-            for warning in key_file_warnings(config.masking.key_file):
-                self.log.warning("mask_key_file", problem=warning)
-        self.pipelines = [
-            Pipeline(config, p, hash_key=key, skip_origins=skip_origins_for(config, p.from_))
-            for p in config.pipelines
-        ]
+        self._key = self._load_key(config)
+        # the list object is shared with the health endpoint and notifier: mutate in place
+        self.pipelines: list[Pipeline] = [self._pipeline(config, p) for p in config.pipelines]
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    def _load_key(self, config: Config) -> bytes | None:
+        if not config.masking.key_file:
+            return None
+        key = load_key(config.masking.key_file)
+        for warning in key_file_warnings(config.masking.key_file):
+            self.log.warning("mask_key_file", problem=warning)
+        return key
+
+    def _pipeline(self, config: Config, pipe: PipelineConfig) -> Pipeline:
+        return Pipeline(
+            config, pipe, hash_key=self._key, skip_origins=skip_origins_for(config, pipe.from_)
+        )
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def _apply_reload(self) -> None:
+        """SIGHUP: read the config again; restart exactly the pipelines whose config
+        changed, start new ones, stop removed ones. A bad file changes nothing."""
+        self._reload.clear()
+        if self.config_path is None:
+            self.log.warning("reload_ignored", reason="no config file to read again")
+            return
+        try:
+            new = load_config(self.config_path)
+            key = self._load_key(new)
+        except ReplicatorError as exc:
+            self.log.error("reload_failed", error=str(exc))  # noqa: TRY400 - lists problems
+            return
+        old_config, self.config, self._key = self.config, new, key
+        keep = {
+            p.name
+            for p in new.pipelines
+            if p.name in self._tasks
+            and any(
+                q.name == p.name and _signature(old_config, q) == _signature(new, p)
+                for q in old_config.pipelines
+            )
+        }
+        for pipeline in [p for p in self.pipelines if p.pipe.name not in keep]:
+            pipeline.request_stop()
+            task = self._tasks.pop(pipeline.pipe.name, None)
+            if task is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=30)
+            self.pipelines.remove(pipeline)
+        for pipe in new.pipelines:
+            if pipe.name not in keep:
+                pipeline = self._pipeline(new, pipe)
+                self.pipelines.append(pipeline)
+                self._start(pipeline)
+        if new.service != old_config.service:
+            self.log.warning(
+                "reload_service_unchanged",
+                reason="[service] settings take effect at the next start",
+            )
+        self.log.info(
+            "reloaded",
+            kept=sorted(keep),
+            restarted=sorted(p.name for p in new.pipelines if p.name not in keep),
+        )
+
+    def _start(self, pipeline: Pipeline) -> None:
+        self._tasks[pipeline.pipe.name] = asyncio.create_task(
+            self._supervise(pipeline), name=pipeline.pipe.name
+        )
 
     def request_stop(self) -> None:
         if not self._stopping.is_set():
@@ -97,17 +179,36 @@ class Daemon:
 
     async def run(self, *, stop_timeout: float = 30.0) -> int:
         loop = asyncio.get_running_loop()
+        # operations surface: HTTP endpoint (unless [service] health is off) and systemd
+        # notifications (when $NOTIFY_SOCKET is set); both only read pipeline stats
+        health = await HealthServer.start(self.config.service, self.pipelines)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        tasks = [asyncio.create_task(self._supervise(p), name=p.pipe.name) for p in self.pipelines]
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        notifier = asyncio.create_task(
+            notify.run(
+                self.pipelines,
+                self._stopping,
+                stall_seconds=self.config.service.watchdog_stall_seconds,
+            ),
+            name="notify",
+        )
+        for p in self.pipelines:
+            self._start(p)
         try:
             stop_wait = asyncio.create_task(self._stopping.wait())
-            pending = set(tasks)
-            while pending and not stop_wait.done():
-                _, pending = await asyncio.wait(
-                    pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED
+            while not stop_wait.done():
+                pending = {t for t in self._tasks.values() if not t.done()}
+                if not pending:
+                    break
+                reload_wait = asyncio.create_task(self._reload.wait())
+                await asyncio.wait(
+                    pending | {stop_wait, reload_wait}, return_when=asyncio.FIRST_COMPLETED
                 )
-                pending.discard(stop_wait)
+                reload_wait.cancel()
+                if self._reload.is_set() and not stop_wait.done():
+                    await self._apply_reload()
+            pending = {t for t in self._tasks.values() if not t.done()}
             if pending:
                 _, late = await asyncio.wait(pending, timeout=stop_timeout)
                 for t in late:
@@ -116,8 +217,13 @@ class Daemon:
                 await asyncio.gather(*late, return_exceptions=True)
             stop_wait.cancel()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            notifier.cancel()  # sends STOPPING=1 if shutdown did not begin with a signal
+            with contextlib.suppress(asyncio.CancelledError):
+                await notifier
+            if health is not None:
+                await health.stop()
         failed = [p for p in self.pipelines if p.stats.state is State.FAILED]
         return 1 if failed and len(failed) == len(self.pipelines) else 0
 

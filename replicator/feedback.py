@@ -81,11 +81,15 @@ class Feedback:
         return self.confirmed != self._confirmed_sent and elapsed >= self.interval
 
     def take(self, now: float, *, force: bool = False) -> Status | None:
-        """The status message to send now, or None when nothing is due."""
+        """The status message to send now, or None when nothing is due.
+
+        A status sent because ``max_interval`` elapsed asks the server to reply: its
+        answer proves the connection alive when nothing else arrives."""
         if not force and not self.due(now):
             return None
+        probe = self._last_sent_at is not None and now - self._last_sent_at >= self.max_interval
         self._last_sent_at = now
         self._confirmed_sent = self.confirmed
         self.reply_requested = False
         write = max(self.received, self.confirmed)
-        return Status(write=write, flush=self.confirmed, apply=self.confirmed)
+        return Status(write=write, flush=self.confirmed, apply=self.confirmed, reply=probe)

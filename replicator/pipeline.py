@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from replicator import control
+from replicator import control, resync, slotwatch
 from replicator.apply import ApplyCounts, TargetSession
 from replicator.assembler import CHANGE_TAGS, Assembler, NonTransactional, TxnChunk, WorkItem
 from replicator.batching import TableBatch, TxnRef
@@ -43,13 +43,16 @@ from replicator.protocol.messages import (
     Commit,
     Datum,
     Delete,
+    Insert,
     LogicalMessage,
     Relation,
     Truncate,
     Update,
     datetime_to_pg_timestamp,
 )
-from replicator.stats import PipelineStats, State
+from replicator.resync import HOLD_LIMIT_BYTES, TableSync
+from replicator.slotwatch import SlotFacts
+from replicator.stats import PipelineStats, State, TableCounts, TableProgress
 from replicator.stream import ReplicationConnection
 from replicator.sync import Startup, skip_positions
 
@@ -109,6 +112,12 @@ class Pipeline:
         self._skip_by_name: dict[QualifiedName, Lsn] = {}
         self._skip: dict[int, Lsn] = {}  # the same, by relation id
         self._txn = TxnRef()  # the source transaction being folded, for dead letters
+        self._last_data_at = time.monotonic()  # any frame from the source (liveness)
+        self._syncs: dict[int, TableSync] = {}  # tables being resynced, by relation id
+        self._plans_by_name: dict[QualifiedName, TablePlan] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._unpaused = asyncio.Event()  # cleared while a DBA pauses the pipeline
+        self._unpaused.set()
         self._last_idle_record = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -131,9 +140,12 @@ class Pipeline:
         try:
             await control.ensure_schema(target.conn)
             plans = await self._preflight(target)
+            self._plans_by_name = plans
             source, start = await Startup(cfg, pipe, target, plans, self.stats).prepare()
             tables = await control.read_tables(target.conn, pipe.name)
             self._skip_by_name = skip_positions(tables)
+            for name in plans.keys() - tables.keys():  # added to the config since: copy it
+                await control.write_table(target.conn, pipe.name, name, "resync")
             # the slot's confirmed point never passes origin progress, so confirming `start`
             # again is safe and gives idle-progress decisions the right baseline
             self._feedback.on_committed(start)
@@ -154,9 +166,12 @@ class Pipeline:
                 with contextlib.suppress(BaseException):
                     await self._inflight
                 self._inflight = None
-            with contextlib.suppress(psycopg.Error, OSError):
-                await target.rollback()
-            await target.close()
+            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+                async with asyncio.timeout(5):
+                    await target.rollback()
+            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+                async with asyncio.timeout(5):
+                    await target.close()
             self._target = None
         self.stats.state = State.STOPPED
         self.log.info("pipeline_stopped", confirmed_lsn=str(self._feedback.confirmed))
@@ -204,6 +219,7 @@ class Pipeline:
         self._relations.clear()
         self._tables.clear()
         self._skip.clear()
+        self._syncs.clear()
         self._reset_batch()
         self._unrecorded = INVALID_LSN
 
@@ -252,12 +268,19 @@ class Pipeline:
         loop.add_reader(source.fileno, self._on_readable)
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 applier = tg.create_task(self._apply_loop(target))
-                ticker = tg.create_task(self._status_loop(source))
-                watch = tg.create_task(self._watch_reader())
+                helpers = [
+                    tg.create_task(self._status_loop(source)),
+                    tg.create_task(self._watch_reader()),
+                    tg.create_task(self._watch_slot()),
+                    tg.create_task(self._control_loop()),
+                ]
                 await applier
-                ticker.cancel()
-                watch.cancel()
+                for task in helpers:
+                    task.cancel()
+                for task in self._sync_tasks():
+                    task.cancel()
         except BaseExceptionGroup as group:
             # one failure cancels the sibling tasks; report the failure, not the group
             first = group.exceptions[0]
@@ -266,6 +289,106 @@ class Pipeline:
             raise first from None
         finally:
             self._pause_reader()
+
+    # -- operator control: pause, resync (replicator.pipelines / replicator.tables) ------
+
+    def _sync_tasks(self) -> list[asyncio.Task[None]]:
+        prefix = f"resync:{self.pipe.name}:"
+        return [t for t in asyncio.all_tasks() if t.get_name().startswith(prefix)]
+
+    async def _control_loop(self) -> None:
+        """LISTEN replicator_control on the target; re-read the pipeline's row and its
+        tables on every notification naming it, and every 30 s in case one was missed."""
+        dsn = self.config.databases[self.pipe.to].dsn.secret_value
+        async with await psycopg.AsyncConnection.connect(
+            dsn, autocommit=True, application_name=f"replicator:{self.pipe.name}:control"
+        ) as conn:
+            await conn.execute("LISTEN replicator_control")
+            while True:
+                await self._refresh_control(conn)
+                async for note in conn.notifies(timeout=30, stop_after=1):
+                    del note  # whichever pipeline it names, reading again is cheap
+
+    async def _refresh_control(self, conn: psycopg.AsyncConnection) -> None:
+        cur = await conn.execute(
+            "SELECT paused FROM replicator.pipelines WHERE pipeline = %s", [self.pipe.name]
+        )
+        row = await cur.fetchone()
+        paused = bool(row and row[0])
+        if paused and self._unpaused.is_set():
+            self.log.info("pipeline_paused")
+            self._unpaused.clear()
+        elif not paused and not self._unpaused.is_set():
+            self.log.info("pipeline_resumed")
+            self._unpaused.set()
+        for name, state in (await control.read_tables(conn, self.pipe.name)).items():
+            plan = self._plans_by_name.get(name)
+            if state.state == "resync" and plan is not None and plan.relation_id not in self._syncs:
+                self._start_sync(plan)
+
+    def _start_sync(self, plan: TablePlan) -> None:
+        assert self._tg is not None
+        sync = TableSync(plan)
+        self._syncs[plan.relation_id] = sync
+        progress = TableProgress(plan.source, ranges_total=1)
+        self.stats.copy[plan.source] = progress
+        self._tables.get(plan.relation_id, TableBatch(plan)).clear()  # the copy replaces it
+        self._tg.create_task(
+            resync.copy_table(self.config, self.pipe, sync, progress),
+            name=f"resync:{self.pipe.name}:{plan.source}",
+        )
+
+    async def _finish_syncs(self, target: TargetSession) -> None:
+        """Copies that committed: fold what waited for them, mark the tables ready."""
+        finished = False
+        for rid, sync in list(self._syncs.items()):
+            if sync.copied:
+                await self._finish_sync(target, rid, sync)
+                finished = True
+        if finished and self._batch_last is None:
+            # nothing else to commit with: commit now (progress stays where it is)
+            await self._flush(target)
+            await self._settle()
+            await target.commit(
+                self._feedback.confirmed, datetime_to_pg_timestamp(dt.datetime.now(dt.UTC))
+            )
+
+    async def _finish_sync(self, target: TargetSession, rid: int, sync: TableSync) -> None:
+        del self._syncs[rid]
+        assert sync.lsn is not None
+        self._skip[rid] = sync.lsn
+        self._skip_by_name[sync.plan.source] = sync.lsn
+        if rid not in self._tables:
+            self._tables[rid] = TableBatch(sync.plan, ref=self._txn)
+            self._plans.setdefault(rid, sync.plan)
+        current = self._txn.begin
+        for begin, change in sync.held:  # older than anything still to come: fold first
+            self._txn.begin = begin
+            await self._fold_change(target, self._plans, change)
+        self._txn.begin = current
+        await target.begin()
+        await control.write_table(
+            target.conn, self.pipe.name, sync.plan.source, "ready", skip_until=sync.lsn
+        )
+        self.log.info("resync_done", table=str(sync.plan.source), held=len(sync.held))
+
+    async def _watch_slot(self) -> None:
+        pipe = self.pipe
+
+        def report(facts: SlotFacts) -> None:
+            self.stats.slot_retained_bytes = facts.retained_bytes
+            self.stats.slot_wal_status = facts.wal_status
+
+        await slotwatch.watch(
+            self.config.databases[pipe.from_].dsn.secret_value,
+            pipe.slot_name,
+            interval=max(1.0, min(10.0, pipe.heartbeat_interval_s or 10.0)),
+            heartbeat_after=pipe.heartbeat_interval_s,
+            warn_bytes=int(pipe.slot_warn_bytes),
+            last_data=lambda: self._last_data_at,
+            report=report,
+            application_name=f"replicator:{pipe.name}:slotwatch",
+        )
 
     async def _watch_reader(self) -> None:
         assert self._reader_failed is not None
@@ -301,6 +424,8 @@ class Pipeline:
             self._pause_reader()
             return
         frames = source.read_frames(_READ_LIMIT)
+        if frames:
+            self._last_data_at = time.monotonic()
         decoder, assembler, feedback, queue = (
             self._decoder,
             self._assembler,
@@ -321,6 +446,8 @@ class Pipeline:
                 if item is not None:
                     queue.put_nowait(item)
                     queued += _item_bytes(item)
+                    if self.stats.pending_since is None:
+                        self.stats.pending_since = time.time()
                 continue
             frame = parse_frame(raw)
             if isinstance(frame, Keepalive):
@@ -341,9 +468,17 @@ class Pipeline:
     # -- feedback ------------------------------------------------------------------------
 
     async def _status_loop(self, source: ReplicationConnection) -> None:
+        timeout = self.pipe.source_timeout_s
         while True:
             await asyncio.sleep(_STATUS_TICK)
             self._send_status(source)
+            silent = time.monotonic() - self._last_data_at
+            if silent > timeout and not self._paused:
+                # we ask for a reply every 10 s: silence this long is a dead route, whatever
+                # TCP believes (a blackhole keeps the socket looking healthy)
+                raise psycopg.OperationalError(
+                    f"no data from the source for {silent:.0f}s (source_timeout_s = {timeout})"
+                )
 
     def _send_status(self, source: ReplicationConnection, *, force: bool = False) -> None:
         status = self._feedback.take(time.monotonic(), force=force)
@@ -370,6 +505,12 @@ class Pipeline:
             stopping = self._stop.is_set()
             if stopping and not self._mid_txn:
                 break  # at a source-commit boundary: commit below and go
+            if not self._mid_txn:
+                if self._syncs:
+                    await self._finish_syncs(target)
+                if not self._unpaused.is_set() and not stopping:
+                    await self._pause(target)
+                    continue
             if self._queue.empty():
                 if self._batch_last is not None and not self._mid_txn:
                     await self._commit(target)  # nothing more is ready: don't make it wait
@@ -377,6 +518,7 @@ class Pipeline:
                 if stopping:
                     break  # mid-transaction with nothing left to read: roll back below
                 if self._idle():
+                    self.stats.pending_since = None
                     await self._maybe_record_idle(target)
                 try:
                     item = await asyncio.wait_for(self._queue.get(), timeout=_STATUS_TICK)
@@ -384,15 +526,23 @@ class Pipeline:
                     continue
             else:
                 item = self._queue.get_nowait()
+            if not self._unpaused.is_set() and not self._mid_txn and not self._stop.is_set():
+                await self._pause(target)  # paused while we waited: hold this item till resumed
             self.stats.queue_bytes -= _item_bytes(item)
+            if self._syncs:
+                await self._wait_for_copies()
             if self._paused and self.stats.queue_bytes < batch_cfg.queue_bytes // 2:
                 self._resume_reader()
             if isinstance(item, NonTransactional):
-                continue  # heartbeat messages only move positions, which keepalives cover
+                # a heartbeat (or any message outside a transaction): everything before it
+                # was sent before it, so once idle its position may be recorded
+                self._unrecorded = max(self._unrecorded, item.lsn)
+                continue
             if item.first and item.commit is None and self._batch_last is not None:
                 # a large transaction starts: commit the small ones before it, not after
                 await self._commit(target)
-            await self._apply_chunk(target, item)
+            async with asyncio.timeout(self.pipe.target_timeout_s):
+                await self._apply_chunk(target, item)
             await asyncio.sleep(0)  # let the reader run between chunks
             if item.commit is None:
                 continue
@@ -408,6 +558,53 @@ class Pipeline:
             # stopped in the middle of a source transaction: it will be sent again
             await target.rollback()
 
+    async def _fold_change(
+        self,
+        target: TargetSession,
+        plans: dict[int, TablePlan | None],
+        change: bytes,
+        chunk: TxnChunk | None = None,
+    ) -> None:
+        """Decode one raw change and fold it into its table's batch; a change of a table
+        being resynced is kept aside for after its copy."""
+        msg = self._decoder.decode(change)
+        rid = msg.relation_id  # type: ignore[union-attr]
+        plan = plans.get(rid)
+        if plan is None:
+            if chunk is not None and rid in self._syncs:
+                self._syncs[rid].hold_or_drop(chunk.begin, change)
+            return
+        tb = self._tables[rid]
+        if msg.__class__ is Insert:
+            tb.insert(plan.project(msg.new_tuple))  # type: ignore[union-attr]
+        elif msg.__class__ is Update:
+            old = msg.old_tuple  # type: ignore[union-attr]
+            old_row = plan.project(old) if old is not None else None
+            new_row = plan.project(msg.new_tuple)  # type: ignore[union-attr]
+            if not tb.update(old_row, new_row):
+                await self._apply_moved_key(target, tb, old_row, new_row)
+        else:
+            assert msg.__class__ is Delete
+            tb.delete(plan.project(msg.old_tuple))  # type: ignore[union-attr]
+
+    async def _pause(self, target: TargetSession) -> None:
+        """A DBA paused us: finish the batch at hand, then apply and confirm nothing more
+        until resumed (the queue fills and the reader stops: the slot keeps the WAL)."""
+        if self._batch_last is not None:
+            await self._commit(target)
+        self.stats.state = State.PAUSED
+        stopped = asyncio.ensure_future(self._stop.wait())
+        resumed = asyncio.ensure_future(self._unpaused.wait())
+        await asyncio.wait({stopped, resumed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        resumed.cancel()
+        self.stats.state = State.STREAMING
+
+    async def _wait_for_copies(self) -> None:
+        """What a resyncing table kept aside grew past its bound: wait for its copy."""
+        while any(s.held_bytes > HOLD_LIMIT_BYTES and not s.copied for s in self._syncs.values()):
+            await asyncio.sleep(0.1)
+
     async def _apply_chunk(self, target: TargetSession, chunk: TxnChunk) -> None:
         if self._batch_opened is None:
             self._batch_opened = time.monotonic()
@@ -417,30 +614,18 @@ class Pipeline:
         tables = self._tables
         self._txn.begin = chunk.begin
         plans = self._effective_plans(chunk)
-        decode = self._decoder.decode
+        syncs = self._syncs
         for item in chunk.items:
             if item.__class__ is bytes:
-                tag = item[0]  # type: ignore[index]
-                if tag == 0x49:  # Insert: the flat fast path
+                if item[0] == 0x49:  # Insert: the flat fast path, inline
                     relid, new = decode_insert(item)  # type: ignore[arg-type]
                     plan = plans[relid]
                     if plan is not None:
                         tables[relid].insert(plan.project(new))
+                    elif relid in syncs:
+                        syncs[relid].hold_or_drop(chunk.begin, item)  # type: ignore[arg-type]
                     continue
-                msg = decode(item)  # type: ignore[arg-type]
-                plan = plans[msg.relation_id]  # type: ignore[union-attr]
-                if plan is None:
-                    continue
-                if msg.__class__ is Update:
-                    old = msg.old_tuple  # type: ignore[union-attr]
-                    old_row = plan.project(old) if old is not None else None
-                    new_row = plan.project(msg.new_tuple)  # type: ignore[union-attr]
-                    tb = tables[plan.relation_id]
-                    if not tb.update(old_row, new_row):
-                        await self._apply_moved_key(target, tb, old_row, new_row)
-                else:
-                    assert msg.__class__ is Delete
-                    tables[plan.relation_id].delete(plan.project(msg.old_tuple))  # type: ignore[union-attr]
+                await self._fold_change(target, plans, item, chunk)  # type: ignore[arg-type]
                 continue
             cls = item.__class__
             if cls is Relation:
@@ -463,7 +648,12 @@ class Pipeline:
             self._mid_txn = True
 
     def _effective_plans(self, chunk: TxnChunk) -> dict[int, TablePlan | None]:
-        """The plans for this transaction: None for tables whose copy already holds it."""
+        """The plans for this transaction: None for tables whose copy already holds it,
+        and for tables being resynced (their changes wait for the copy)."""
+        if self._syncs:
+            skip = {rid for rid, lsn in self._skip.items() if chunk.begin.final_lsn < lsn}
+            skip |= self._syncs.keys()
+            return {rid: None if rid in skip else p for rid, p in self._plans.items()}
         if not self._skip:
             return self._plans
         final = chunk.begin.final_lsn
@@ -512,10 +702,16 @@ class Pipeline:
 
     async def _on_truncate(self, target: TargetSession, msg: Truncate) -> None:
         await self._settle()
+        final = self._txn.begin.final_lsn if self._txn.begin else Lsn(0)
         names: list[QualifiedName] = []
         for rid in msg.relation_ids:
+            sync = self._syncs.get(rid)
+            if sync is not None:  # rare: wait for its copy, then judge by its position
+                while not sync.copied:
+                    await asyncio.sleep(0.1)
+                await self._finish_sync(target, rid, sync)
             plan = self._plans.get(rid)
-            if plan is None:
+            if plan is None or final < self._skip.get(rid, Lsn(0)):
                 continue
             self._tables[rid].clear()  # folded changes the truncate would erase anyway
             names.append(plan.target.name)
@@ -572,15 +768,26 @@ class Pipeline:
         s.delete_missing += counts.delete_missing
         s.dead_letters += counts.dead_letters
         s.conflicts += counts.conflicts
+        for table, (ins, upd, dele) in counts.per_table.items():
+            t = s.table_rows.get(table)
+            if t is None:
+                t = s.table_rows[table] = TableCounts()
+            t.inserted += ins
+            t.updated += upd
+            t.deleted += dele
 
     async def _commit(self, target: TargetSession) -> None:
         last = self._batch_last
         assert last is not None
         assert not self._mid_txn
-        await self._flush(target)
-        await self._settle()
-        if target.in_transaction:
-            await target.commit(last.end_lsn, last.commit_time)
+        committed = False
+        async with asyncio.timeout(self.pipe.target_timeout_s):
+            await self._flush(target)
+            await self._settle()
+            if target.in_transaction:
+                await target.commit(last.end_lsn, last.commit_time)
+                committed = True
+        if committed:
             self._feedback.on_committed(last.end_lsn)
             self.stats.applied_lsn = last.end_lsn
             self.stats.commits += 1
@@ -606,7 +813,8 @@ class Pipeline:
         if now - self._last_idle_record < self._feedback.interval:
             return
         self._last_idle_record = now
-        await target.record_progress(candidate)
+        async with asyncio.timeout(self.pipe.target_timeout_s):
+            await target.record_progress(candidate)
         self._feedback.on_committed(candidate)
         self.stats.applied_lsn = candidate
         self._unrecorded = INVALID_LSN

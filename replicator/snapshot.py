@@ -205,6 +205,7 @@ class CopyWorker:
         truncate_first: bool,
         partitioned: bool,
         on_rows: Callable[[int, int], None],
+        record: bool = True,
     ) -> tuple[int, int]:
         """Copy one range in one target transaction. If the target rejects a row, the
         range is copied again through the apply's own path, where rejected rows go to
@@ -217,6 +218,7 @@ class CopyWorker:
             on_rows(n, b)
 
         args = {
+            "record": record,
             "snapshot": snapshot,
             "snapshot_lsn": snapshot_lsn,
             "pipeline": pipeline,
@@ -243,6 +245,7 @@ class CopyWorker:
         truncate_first: bool,
         partitioned: bool,
         on_rows: Callable[[int, int], None],
+        record: bool = True,
     ) -> tuple[int, int]:
         src, target = self.src, self.target
         await src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -260,9 +263,10 @@ class CopyWorker:
                 rows, nbytes = await self._merge(plan, rng, partitioned, on_rows, snapshot_lsn)
             else:
                 rows, nbytes = await self._copy(plan, rng, partitioned, on_rows)
-            await control.mark_range_done(
-                target.conn, pipeline, rng, rows=rows, nbytes=nbytes, lsn=snapshot_lsn
-            )
+            if record:  # the initial copy's ranges; a resync is one transaction anyway
+                await control.mark_range_done(
+                    target.conn, pipeline, rng, rows=rows, nbytes=nbytes, lsn=snapshot_lsn
+                )
             await target.conn.execute("COMMIT")
             target.in_transaction = False
         except BaseException:

@@ -38,6 +38,7 @@ class TableProgress:
 
 
 class State(enum.StrEnum):
+    PAUSED = "paused"
     STARTING = "starting"
     COPYING = "copying"
     STREAMING = "streaming"
@@ -76,7 +77,9 @@ class PipelineStats:
     # in the batch). Not reset at each commit: under a backlog the lag is then measured from
     # last_commit_time; after a quiet spell, from this arrival, not from the old commit.
     pending_since: float | None = None
-    conflicts: int = 0  # rows where the table's conflict rule kept the target's version
+    conflicts: int = 0  # rows logged to replicator.conflicts (either side may have won)
+    slot_retained_bytes: int | None = None  # WAL the slot holds on the source
+    slot_wal_status: str | None = None  # reserved, extended, unreserved or lost
     # rows applied per target table, for per-table metrics (the totals above stay the truth)
     table_rows: dict[QualifiedName, TableCounts] = field(default_factory=dict)
 

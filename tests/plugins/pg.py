@@ -111,7 +111,7 @@ class DbPair:
             ],
         }
         if cfg["service"]["health"] is None:
-            del cfg["service"]["health"]
+            cfg["service"]["health"] = ""  # off: test daemons must not share a port
         if masking:
             cfg["masking"] = masking
         return cfg
@@ -347,7 +347,7 @@ class TwoWay:
         masking: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         cfg: dict[str, Any] = {
-            "service": {"log_format": "json"},
+            "service": {"log_format": "json", "health": ""},
             "databases": {"a": {"dsn": self.a}, "b": {"dsn": self.b}},
             "pipeline": [
                 {
