@@ -1,10 +1,27 @@
 -- replicator control schema on a target database. Idempotent: safe to run again.
--- The daemon creates it on start (`replicator setup` too); DBAs may run it by hand
--- (sql/target/control.sql is the same file) and grant the apply role access to it.
-CREATE SCHEMA IF NOT EXISTS replicator;
+--
+-- The daemon runs this file at every start (`replicator setup` too), as its apply role.
+-- This file (replicator/sql/control.sql, packaged with the daemon) is the source of truth;
+-- sql/target/control.sql is a byte-identical copy for DBAs, kept so by a unit test
+-- (tests/unit/test_sql_files.py).
+--
+-- Privileges and locks: once everything exists, a run needs only USAGE and CREATE on the
+-- schema (CREATE TABLE IF NOT EXISTS checks CREATE first) and takes no table lock. That is
+-- why the statements that check ownership, or lock, before they look for their object
+-- (CREATE SCHEMA, COMMENT, CREATE INDEX, ALTER TABLE) sit behind catalog checks below.
+-- sql/target/roles.sql makes the apply role the owner of the schema and its tables.
 
-COMMENT ON SCHEMA replicator IS
-    'State of the replicator daemon: pipelines, initial copy progress, dead letters, conflicts';
+DO $$
+BEGIN
+    -- not CREATE SCHEMA IF NOT EXISTS: it wants CREATE on the database even when the
+    -- schema exists, and the apply role has no such privilege
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'replicator') THEN
+        CREATE SCHEMA replicator;
+        COMMENT ON SCHEMA replicator IS 'State of the replicator daemon: pipelines, '
+            'initial copy progress, dead letters, conflicts';
+    END IF;
+END
+$$;
 
 -- One row per pipeline that applies into this database.
 CREATE TABLE IF NOT EXISTS replicator.pipelines (
@@ -15,6 +32,22 @@ CREATE TABLE IF NOT EXISTS replicator.pipelines (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
+
+-- Pause/resume (sql/target/pause.sql): replicator.pause_pipeline(name) sets paused and
+-- paused_at, then NOTIFY replicator_control, '<pipeline>'; resume clears both. The daemon
+-- does not apply into this database while its pipeline's row says paused.
+DO $$
+BEGIN
+    -- guarded: ALTER TABLE locks the table ACCESS EXCLUSIVE even when the column exists
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                    WHERE attrelid = 'replicator.pipelines'::regclass
+                      AND attname = 'paused' AND NOT attisdropped) THEN
+        ALTER TABLE replicator.pipelines
+            ADD COLUMN IF NOT EXISTS paused boolean NOT NULL DEFAULT false,
+            ADD COLUMN IF NOT EXISTS paused_at timestamptz;
+    END IF;
+END
+$$;
 
 -- Per table: copy state, and the source position from which its changes apply.
 CREATE TABLE IF NOT EXISTS replicator.tables (
@@ -67,8 +100,15 @@ CREATE TABLE IF NOT EXISTS replicator.dead_letters (
     retry_count     int NOT NULL DEFAULT 0,
     resolved        text CHECK (resolved IN ('applied', 'discarded'))
 );
-CREATE INDEX IF NOT EXISTS dead_letters_open
-    ON replicator.dead_letters (pipeline, id) WHERE resolved IS NULL;
+DO $$
+BEGIN
+    -- guarded: CREATE INDEX IF NOT EXISTS checks ownership and locks the table first
+    IF to_regclass('replicator.dead_letters_open') IS NULL THEN
+        CREATE INDEX dead_letters_open
+            ON replicator.dead_letters (pipeline, id) WHERE resolved IS NULL;
+    END IF;
+END
+$$;
 
 -- Conflicts the apply resolved by the table's rule.
 CREATE TABLE IF NOT EXISTS replicator.conflicts (
@@ -82,4 +122,10 @@ CREATE TABLE IF NOT EXISTS replicator.conflicts (
     source_commit_time timestamptz,
     local_commit_time timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS conflicts_recent ON replicator.conflicts (pipeline, id);
+DO $$
+BEGIN
+    IF to_regclass('replicator.conflicts_recent') IS NULL THEN
+        CREATE INDEX conflicts_recent ON replicator.conflicts (pipeline, id);
+    END IF;
+END
+$$;

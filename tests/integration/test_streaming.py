@@ -225,6 +225,13 @@ def test_sigterm_finishes_batch_confirms_and_exits_zero(dbs, daemon):
 def test_million_row_transaction_arrives_whole_to_a_concurrent_reader(dbs, daemon):
     both(dbs, "CREATE TABLE big (id bigint PRIMARY KEY, payload text)")
     daemon(dbs.config([{"source": "big"}]))
+    # streaming first: a transaction running while the first run creates its slot lands in
+    # the initial copy instead (slot creation waits for it), whose ranges commit apart
+    wait_until(
+        lambda: scalar(dbs.dst, "SELECT state FROM replicator.pipelines") == "streaming",
+        timeout=60,
+        reason="pipeline streaming",
+    )
     seen: set[int] = set()
     stop = threading.Event()
 
