@@ -224,8 +224,9 @@ class _Model(BaseModel):
 class ServiceConfig(_Model):
     # loopback by default: /status and /metrics describe the databases, not for the network
     health: str | None = "127.0.0.1:9187"
-    # JSON lines for journald and log shippers; "console" for people at a terminal
-    log_format: Literal["json", "console"] = "json"
+    # "auto": readable console lines at a terminal, JSON lines otherwise (journald, files,
+    # log shippers); or force one of them
+    log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # /readyz turns 503 when a pipeline is further behind than this. Six times the 5 s
     # sync latency the seed asks for: a burst or a big transaction passes, a stuck apply

@@ -21,9 +21,11 @@ def _orjson_dumps(obj: Any, default: Any = None) -> str:
 
 
 def configure(
-    fmt: Literal["json", "console"] = "json", level: str = "info", *, stream: Any = None
+    fmt: Literal["auto", "json", "console"] = "auto", level: str = "info", *, stream: Any = None
 ) -> None:
     stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -61,6 +61,7 @@ HEARTBEAT_PREFIX = "replicator.heartbeat"
 # go) only once it is this far ahead: WAL is recycled by the 16 MB segment anyway, and a
 # threshold keeps two-way pipelines from answering each other's progress records forever.
 IDLE_RECORD_BYTES = 1024 * 1024
+IDLE_RETAIN_BYTES = 16 * 1024 * 1024  # ...or once the slot retains a WAL segment's worth
 _XLOGDATA_HEADER = 25  # 'w', dataStart, walEnd, sendTime
 _U64 = struct.Struct("!Q")
 _READ_LIMIT = 2000  # frames per reader callback: keeps the loop fair to the applier
@@ -237,6 +238,11 @@ class Pipeline:
             "publication_names": pipe.publication_name,
             "messages": "true",
         }
+        timeout = await source.wal_sender_timeout()
+        if timeout:
+            # unprompted status updates must beat the server's timeout comfortably, above
+            # all while backpressure keeps us from reading (then they are all it hears)
+            self._feedback.max_interval = max(1.0, min(10.0, timeout / 4))
         if self.skip_origins and source.server_version >= 160000:
             # the server drops every change that carries a replication origin
             options["origin"] = "none"
@@ -807,7 +813,11 @@ class Pipeline:
         """Nothing in flight: record the keepalive (or skipped) position as progress, then
         let feedback confirm it, so an idle slot does not pin WAL."""
         candidate = max(self._feedback.idle_advance_target() or INVALID_LSN, self._unrecorded)
-        if candidate - self._feedback.confirmed < IDLE_RECORD_BYTES:
+        gap = candidate - self._feedback.confirmed
+        retained = self.stats.slot_retained_bytes or 0
+        # a small gap is not worth a write, unless the slot holds back real WAL: the slot
+        # releases WAL only once we confirm past a later running-xacts record
+        if gap <= 0 or (gap < IDLE_RECORD_BYTES and retained < IDLE_RETAIN_BYTES):
             return
         now = time.monotonic()
         if now - self._last_idle_record < self._feedback.interval:

@@ -136,6 +136,11 @@ class ReplicationConnection:
             raise error
         return rows
 
+    async def wal_sender_timeout(self) -> float | None:
+        """The server's ``wal_sender_timeout`` in seconds (None: disabled)."""
+        ((value,),) = await self.execute(sql.SQL("SHOW wal_sender_timeout"))
+        return parse_duration(value or "0")
+
     async def identify_system(self) -> tuple[str, int, Lsn, str | None]:
         ((sysid, timeline, xlogpos, dbname),) = await self.execute(sql.SQL("IDENTIFY_SYSTEM"))
         assert sysid
@@ -304,3 +309,15 @@ async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> 
 
 def _message(pgconn: pq.abc.PGconn) -> str:
     return pgconn.error_message.decode(errors="replace").strip()
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str) -> float | None:
+    """A GUC duration as SHOW prints it ("10s", "1min", "500ms", "0") in seconds."""
+    value = value.strip()
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = value[len(number) :] or "ms"  # wal_sender_timeout's base unit
+    seconds = float(number) * _UNITS[unit]
+    return seconds or None

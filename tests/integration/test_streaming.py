@@ -315,8 +315,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice(dbs, 
         t.start()
     rng = random.Random(11)
     try:
-        for _ in range(5):
-            time.sleep(rng.uniform(0.5, 2.5))
+        for _ in range(10):  # ten kills at random moments under load
+            time.sleep(rng.uniform(0.3, 1.5))
             d.kill()
             d.start()
         time.sleep(1)
