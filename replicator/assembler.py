@@ -129,6 +129,14 @@ class Assembler:
     def feed(self, msg: Message, lsn: Lsn, nbytes: int) -> WorkItem | None:
         """Consume one message received at ``lsn``; return a finished work item or None."""
         chunk = self._chunk
+        cls = msg.__class__
+        if cls is Begin:  # the common framing first: one class test each
+            if chunk is not None:
+                raise StreamStateError(f"Begin of xid {msg.xid} at {lsn} inside xid {chunk.xid}")  # type: ignore[union-attr]
+            self._chunk = TxnChunk(msg, None)  # type: ignore[arg-type]
+            return None
+        if cls is Commit:
+            return self._commit(chunk, msg, lsn)  # type: ignore[arg-type]
         match msg:
             case Insert() | Update() | Delete():
                 if chunk is None:
@@ -160,13 +168,6 @@ class Assembler:
                 return self._add(chunk, msg, nbytes)
             case Type():
                 return None  # type names only matter for binary transfer, which we never use
-            case Begin():
-                if chunk is not None:
-                    raise StreamStateError(
-                        f"Begin of xid {msg.xid} at {lsn} inside xid {chunk.xid}"
-                    )
-                self._chunk = TxnChunk(msg, None)
-                return None
             case Origin():
                 if chunk is None:
                     raise StreamStateError(f"Origin outside a transaction at {lsn}")
@@ -175,20 +176,7 @@ class Assembler:
                 chunk.origin = msg.name
                 chunk.skipped = msg.name in self._skip_origins
                 return None
-            case Commit():
-                if chunk is None:
-                    raise StreamStateError(f"Commit outside a transaction at {lsn}")
-                if msg.commit_lsn != chunk.begin.final_lsn:
-                    raise StreamStateError(
-                        f"Commit LSN {msg.commit_lsn} of xid {chunk.xid} does not match "
-                        f"its Begin ({chunk.begin.final_lsn})"
-                    )
-                chunk.commit = msg
-                self._chunk = None
-                self.transactions += 1
-                if chunk.skipped:
-                    self.skipped_transactions += 1
-                return chunk
+
             case LogicalMessage():
                 if chunk is None:
                     if msg.transactional:
@@ -202,6 +190,21 @@ class Assembler:
                     f"{type(msg).__name__} at {lsn}: streaming and two-phase messages need "
                     "options this pipeline never requests"
                 )
+
+    def _commit(self, chunk: TxnChunk | None, msg: Commit, lsn: Lsn) -> TxnChunk:
+        if chunk is None:
+            raise StreamStateError(f"Commit outside a transaction at {lsn}")
+        if msg.commit_lsn != chunk.begin.final_lsn:
+            raise StreamStateError(
+                f"Commit LSN {msg.commit_lsn} of xid {chunk.xid} does not match "
+                f"its Begin ({chunk.begin.final_lsn})"
+            )
+        chunk.commit = msg
+        self._chunk = None
+        self.transactions += 1
+        if chunk.skipped:
+            self.skipped_transactions += 1
+        return chunk
 
     def _add(self, chunk: TxnChunk, item: ChunkItem, nbytes: int) -> TxnChunk | None:
         if chunk.skipped:

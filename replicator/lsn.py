@@ -28,6 +28,11 @@ class Lsn(int):
             raise ValueError(f"LSN out of range: {value}")
         return super().__new__(cls, value)
 
+    @classmethod
+    def from_wire(cls, value: int) -> Lsn:
+        """From an unsigned 64-bit field already unpacked: in range by construction."""
+        return int.__new__(cls, value)
+
     def __str__(self) -> str:
         v = int(self)
         return f"{v >> 32:X}/{v & 0xFFFFFFFF:X}"

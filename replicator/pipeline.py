@@ -65,6 +65,7 @@ IDLE_RETAIN_BYTES = 16 * 1024 * 1024  # ...or once the slot retains a WAL segmen
 _XLOGDATA_HEADER = 25  # 'w', dataStart, walEnd, sendTime
 _U64 = struct.Struct("!Q")
 _READ_LIMIT = 2000  # frames per reader callback: keeps the loop fair to the applier
+_YIELD_EVERY = 2000  # changes folded between two chances for the reader to run
 _STATUS_TICK = 0.25  # seconds between feedback checks
 
 
@@ -113,6 +114,7 @@ class Pipeline:
         self._skip_by_name: dict[QualifiedName, Lsn] = {}
         self._skip: dict[int, Lsn] = {}  # the same, by relation id
         self._txn = TxnRef()  # the source transaction being folded, for dead letters
+        self._since_yield = 0
         self._last_data_at = time.monotonic()  # any frame from the source (liveness)
         self._syncs: dict[int, TableSync] = {}  # tables being resynced, by relation id
         self._plans_by_name: dict[QualifiedName, TablePlan] = {}
@@ -547,9 +549,11 @@ class Pipeline:
             if item.first and item.commit is None and self._batch_last is not None:
                 # a large transaction starts: commit the small ones before it, not after
                 await self._commit(target)
-            async with asyncio.timeout(self.pipe.target_timeout_s):
-                await self._apply_chunk(target, item)
-            await asyncio.sleep(0)  # let the reader run between chunks
+            await self._apply_chunk(target, item)
+            self._since_yield += len(item.items)
+            if self._since_yield >= _YIELD_EVERY:  # let the reader drain the socket
+                self._since_yield = 0
+                await asyncio.sleep(0)
             if item.commit is None:
                 continue
             if self._batch_changes >= batch_cfg.max_changes or (
@@ -760,10 +764,12 @@ class Pipeline:
         return counts
 
     async def _settle(self) -> None:
-        """Wait for the flush in flight, if any; its failure surfaces here."""
+        """Wait for the flush in flight, if any; its failure surfaces here. A target that
+        takes longer than target_timeout_s is a dead route: the pipeline reconnects."""
         task, self._inflight = self._inflight, None
         if task is not None:
-            self._account(await task)
+            async with asyncio.timeout(self.pipe.target_timeout_s):
+                self._account(await task)
 
     def _account(self, counts: ApplyCounts) -> None:
         s = self.stats

@@ -101,7 +101,7 @@ class _Reader:
         return _I64.unpack_from(self.buf, self._need(8, what))[0]
 
     def lsn(self, what: str) -> Lsn:
-        return Lsn(_U64.unpack_from(self.buf, self._need(8, what))[0])
+        return Lsn.from_wire(_U64.unpack_from(self.buf, self._need(8, what))[0])
 
     def cstring(self, what: str) -> str:
         start = self.pos
@@ -225,6 +225,57 @@ def _read_tuple_strict(buf: bytes, pos: int, tag: str, what: str) -> tuple[Tuple
     return tuple(values), pos
 
 
+def _zero_flags(r: _Reader) -> int:
+    at = r.pos
+    flags = r.u8("flags")
+    if flags != 0:
+        raise r.fail(f"unrecognized flags {flags}", at)
+    return flags
+
+
+def _read_begin(r: _Reader) -> Begin:
+    final_lsn = r.lsn("final_lsn")
+    if not final_lsn:
+        raise r.fail("final_lsn not set", 1)
+    return Begin(final_lsn, r.i64("commit_time"), r.u32("xid"))
+
+
+def _read_commit(r: _Reader) -> Commit:
+    flags = _zero_flags(r)
+    return Commit(flags, r.lsn("commit_lsn"), r.lsn("end_lsn"), r.i64("commit_time"))
+
+
+def _strict(buf: bytes, tag: str, read: Callable[[_Reader], Message]) -> Message:
+    """The general path: names the fault (short message, trailing bytes) with its offset."""
+    reader = _Reader(buf, tag)
+    msg = read(reader)
+    reader.done()
+    return msg
+
+
+_BEGIN: Final = struct.Struct("!QqI")  # final_lsn, commit_time, xid
+_COMMIT: Final = struct.Struct("!BQQq")  # flags, commit_lsn, end_lsn, commit_time
+
+
+def _decode_begin(buf: bytes) -> Begin:
+    """Begin, flat: one unpack. Every transaction has one, so it is on the hot path."""
+    if len(buf) != 1 + _BEGIN.size:
+        return _strict(buf, "B", _read_begin)  # type: ignore[return-value]
+    final, when, xid = _BEGIN.unpack_from(buf, 1)
+    if not final:
+        raise ProtocolError("final_lsn not set", offset=1, tag="B")
+    return Begin(Lsn.from_wire(final), when, xid)
+
+
+def _decode_commit(buf: bytes) -> Commit:
+    if len(buf) != 1 + _COMMIT.size:
+        return _strict(buf, "C", _read_commit)  # type: ignore[return-value]
+    flags, commit, end, when = _COMMIT.unpack_from(buf, 1)
+    if flags != 0:
+        raise ProtocolError(f"unrecognized flags {flags}", offset=1, tag="C")
+    return Commit(flags, Lsn.from_wire(commit), Lsn.from_wire(end), when)
+
+
 def decode_insert(buf: bytes) -> tuple[int, TupleData]:
     """(relation_id, new tuple) of an Insert outside a streamed block.
 
@@ -297,6 +348,11 @@ class PgOutputDecoder:
     def decode(self, buf: bytes) -> Message:
         if not buf:
             raise ProtocolError("empty message", offset=0)
+        tag = buf[0]
+        if tag == 0x42:  # 'B' and 'C' frame every transaction: flat paths
+            return _decode_begin(buf)
+        if tag == 0x43:
+            return _decode_commit(buf)
         handler = self._handlers.get(buf[0])
         tag = chr(buf[0])
         if handler is None:
@@ -314,23 +370,15 @@ class PgOutputDecoder:
         return r.u32("xid") if self.in_stream else None
 
     def _flags_zero(self, r: _Reader) -> int:
-        at = r.pos
-        flags = r.u8("flags")
-        if flags != 0:
-            raise r.fail(f"unrecognized flags {flags}", at)
-        return flags
+        return _zero_flags(r)
 
     # -- transaction framing -------------------------------------------------------------
 
     def _begin(self, r: _Reader) -> Begin:
-        final_lsn = r.lsn("final_lsn")
-        if not final_lsn:
-            raise r.fail("final_lsn not set", 1)
-        return Begin(final_lsn, r.i64("commit_time"), r.u32("xid"))
+        return _read_begin(r)
 
     def _commit(self, r: _Reader) -> Commit:
-        flags = self._flags_zero(r)
-        return Commit(flags, r.lsn("commit_lsn"), r.lsn("end_lsn"), r.i64("commit_time"))
+        return _read_commit(r)
 
     def _origin(self, r: _Reader) -> Origin:
         return Origin(r.lsn("commit_lsn"), r.cstring("name"))
