@@ -10,12 +10,14 @@ target order (renames and exclusions happen there), and masked columns go throug
 the plan's compiled mask functions, the same ones the stream uses. Rows of a table
 without masks are passed through as COPY text, untouched.
 
-I/O. Memory stays bounded: rows move in chunks of ~1 MB.
+Rows are read many at a time straight from libpq and written while the next chunk
+is read. Memory stays bounded: rows move in chunks of ~1 MB, a few chunks in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 import time
@@ -24,7 +26,7 @@ from typing import Final
 
 import psycopg
 import structlog
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, pq, sql
 
 from replicator import control, sqlgen
 from replicator.apply import ApplyCounts, TargetSession
@@ -37,6 +39,7 @@ from replicator.mapping import TablePlan
 from replicator.protocol.messages import Begin, datetime_to_pg_timestamp
 from replicator.sqlgen import copy_value
 from replicator.stats import TableProgress
+from replicator.stream import wait_fd
 
 _CHUNK_BYTES: Final = 1024 * 1024
 _COPY_ESCAPES: Final = {
@@ -158,6 +161,95 @@ def _select(plan: TablePlan, rng: control.CopyRange, partitioned: bool) -> sql.C
         sqlgen.table_ident(plan.source),
         where,
     )
+
+
+class _CopyOut:
+    """``COPY ... TO STDOUT`` read straight from libpq, every row already received per
+    wakeup.
+
+    psycopg's copy iterator hands over one row per await: on a range of millions of
+    rows the event loop costs more than the copy. Rows are joined into chunks of about
+    ``_CHUNK_BYTES``. The connection must be idle (inside its transaction) and is left
+    idle again: at the end, or by :meth:`abort` when the reader gives up early."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._pgconn = conn.pgconn
+        self._loop = asyncio.get_running_loop()
+        self._active = False
+
+    async def start(self, query: sql.Composable) -> None:
+        pgconn = self._pgconn
+        pgconn.send_query(query.as_bytes(self._conn))
+        while pgconn.flush():
+            await wait_fd(self._loop, pgconn.socket, write=True)
+        res = await self._result()
+        if res is not None and res.status == pq.ExecStatus.COPY_OUT:
+            self._active = True
+            return
+        await self._finish(res)
+        raise psycopg.OperationalError(f"COPY TO STDOUT: unexpected result {res}")
+
+    async def read(self) -> tuple[bytes, int] | None:
+        """The next chunk of whole rows and how many rows it holds; None at the end."""
+        pgconn = self._pgconn
+        parts: list[memoryview | bytes] = []
+        size = 0
+        while self._active:
+            n, data = pgconn.get_copy_data(1)
+            if n > 0:
+                parts.append(data)
+                size += n
+                if size >= _CHUNK_BYTES:
+                    break
+            elif n == 0:
+                await wait_fd(self._loop, pgconn.socket, write=False)
+                pgconn.consume_input()
+            elif n == -1:
+                self._active = False
+                await self._finish(await self._result())
+            else:
+                self._active = False
+                raise psycopg.OperationalError(pgconn.error_message.decode(errors="replace"))
+        return (b"".join(parts), len(parts)) if parts else None
+
+    async def abort(self) -> None:
+        """Stop a copy still running: cancel it, drain what is in flight, so the
+        connection can take its ROLLBACK. Closes it if that does not work out."""
+        if not self._active:
+            return
+        self._active = False
+        pgconn = self._pgconn
+        try:
+            async with asyncio.timeout(10):
+                await self._conn.cancel_safe()
+                while (n := pgconn.get_copy_data(1)[0]) != -1:
+                    if n == 0:
+                        await wait_fd(self._loop, pgconn.socket, write=False)
+                        pgconn.consume_input()
+                    elif n < -1:
+                        raise psycopg.OperationalError("COPY TO STDOUT: connection lost")
+                with contextlib.suppress(psycopg.Error):
+                    await self._finish(await self._result())
+        except (TimeoutError, psycopg.Error, OSError):
+            await self._conn.close()
+
+    async def _result(self) -> pq.abc.PGresult | None:
+        pgconn = self._pgconn
+        while pgconn.is_busy():
+            await wait_fd(self._loop, pgconn.socket, write=False)
+            pgconn.consume_input()
+        return pgconn.get_result()
+
+    async def _finish(self, res: pq.abc.PGresult | None) -> None:
+        """Collect the command's remaining results; raise the first error among them."""
+        error: psycopg.Error | None = None
+        while res is not None:
+            if res.status == pq.ExecStatus.FATAL_ERROR and error is None:
+                error = psycopg.errors.error_from_result(res)
+            res = await self._result()
+        if error is not None:
+            raise error
 
 
 class CopyWorker:
@@ -285,31 +377,41 @@ class CopyWorker:
     ) -> tuple[int, int]:
         rows = nbytes = 0
         masked = bool(plan.masks)
-        async with (
-            self.src.cursor() as scur,
-            scur.copy(_select(plan, rng, partitioned)) as out,
-            self.target.conn.cursor() as tcur,
-            tcur.copy(sqlgen.copy_direct(plan)) as inp,
-        ):
-            buf: list[bytes] = []
-            size = 0
-            async for data in out:
-                buf.append(bytes(data))
-                size += len(data)
-                if size >= _CHUNK_BYTES:
-                    chunk = b"".join(buf)
-                    n = len(buf)
+        reader = _CopyOut(self.src)
+        # the reader runs ahead of the writer by a few chunks: the source keeps sending
+        # while the target takes the previous chunk
+        queue: asyncio.Queue[tuple[bytes, int] | Exception | None] = asyncio.Queue(4)
+
+        async def produce() -> None:
+            try:
+                while (item := await reader.read()) is not None:
+                    await queue.put(item)
+            except Exception as exc:  # noqa: BLE001 - handed over: the writer raises it
+                await queue.put(exc)
+            else:
+                await queue.put(None)
+
+        await reader.start(_select(plan, rng, partitioned))
+        producer = asyncio.create_task(produce())
+        try:
+            async with (
+                self.target.conn.cursor() as tcur,
+                tcur.copy(sqlgen.copy_direct(plan)) as inp,
+            ):
+                while (item := await queue.get()) is not None:
+                    if isinstance(item, Exception):
+                        raise item
+                    chunk, n = item
                     await inp.write(mask_copy_lines(plan, chunk) if masked else chunk)
                     rows += n
-                    nbytes += size
-                    on_rows(n, size)
-                    buf, size = [], 0
-            if buf:
-                chunk = b"".join(buf)
-                await inp.write(mask_copy_lines(plan, chunk) if masked else chunk)
-                rows += len(buf)
-                nbytes += size
-                on_rows(len(buf), size)
+                    nbytes += len(chunk)
+                    on_rows(n, len(chunk))
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+            await reader.abort()
         return rows, nbytes
 
     async def _merge(
@@ -327,21 +429,26 @@ class CopyWorker:
             plan,
             ref=TxnRef(Begin(snapshot_lsn, datetime_to_pg_timestamp(dt.datetime.now(dt.UTC)), 0)),
         )
-        async with self.src.cursor() as scur, scur.copy(_select(plan, rng, partitioned)) as out:
-            async for data in out:
-                line = bytes(data).rstrip(b"\n")
-                fields: list[bytes | None] = [
-                    None if f == b"\\N" else unescape_copy_value(f) for f in line.split(b"\t")
-                ]
-                tb.insert(plan.mask_row(fields))
-                rows += 1
-                nbytes += len(data)
+        reader = _CopyOut(self.src)
+        await reader.start(_select(plan, rng, partitioned))
+        try:
+            while (item := await reader.read()) is not None:
+                chunk, _ = item
+                nbytes += len(chunk)
+                for line in chunk[:-1].split(b"\n"):
+                    fields: list[bytes | None] = [
+                        None if f == b"\\N" else unescape_copy_value(f) for f in line.split(b"\t")
+                    ]
+                    tb.insert(plan.mask_row(fields))
+                    rows += 1
                 if tb.changes >= 20_000:
                     on_rows(tb.changes, 0)
                     await self._merge_flush(tb)
             if tb:
                 on_rows(tb.changes, 0)
                 await self._merge_flush(tb)
+        finally:
+            await reader.abort()
         return rows, nbytes
 
     async def _merge_flush(self, tb: TableBatch) -> None:

@@ -88,7 +88,7 @@ class ReplicationConnection:
                         break
                     if state == pq.PollingStatus.FAILED:
                         raise psycopg.OperationalError(_message(pgconn))  # noqa: TRY301
-                    await _wait_fd(loop, pgconn.socket, write=state == pq.PollingStatus.WRITING)
+                    await wait_fd(loop, pgconn.socket, write=state == pq.PollingStatus.WRITING)
         except BaseException:
             pgconn.finish()
             raise
@@ -108,11 +108,11 @@ class ReplicationConnection:
     async def _send(self, command: sql.Composable) -> None:
         self._pgconn.send_query(command.as_bytes(None))
         while self._pgconn.flush():
-            await _wait_fd(self._loop, self._fd, write=True)
+            await wait_fd(self._loop, self._fd, write=True)
 
     async def _next_result(self) -> pq.abc.PGresult | None:
         while self._pgconn.is_busy():
-            await _wait_fd(self._loop, self._fd, write=False)
+            await wait_fd(self._loop, self._fd, write=False)
             self._pgconn.consume_input()
         return self._pgconn.get_result()
 
@@ -268,14 +268,14 @@ class ReplicationConnection:
     async def _finish_copy(self) -> None:
         pgconn = self._pgconn
         while pgconn.flush():
-            await _wait_fd(self._loop, self._fd, write=True)
+            await wait_fd(self._loop, self._fd, write=True)
         # read what the server still sends until its own CopyDone
         while True:
             n, _ = pgconn.get_copy_data(1)
             if n < 0:
                 break
             if n == 0:
-                await _wait_fd(self._loop, self._fd, write=False)
+                await wait_fd(self._loop, self._fd, write=False)
                 pgconn.consume_input()
         # then the command's results; a COPY status here means there is nothing more to wait for
         while (res := await self._next_result()) is not None:
@@ -287,7 +287,7 @@ class ReplicationConnection:
                 break
 
 
-async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+async def wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
     fut: asyncio.Future[None] = loop.create_future()
 
     def ready() -> None:

@@ -203,3 +203,33 @@ def test_dropped_slot_stops_the_pipeline_with_a_clear_message(dbs, daemon):
     assert d.proc.returncode == 1
     assert f"replication slot 'replicator_{dbs.pipeline}' on 'src' is missing" in d.log_text()
     assert "resync --all" in d.log_text()
+
+
+def test_rows_the_target_rejects_during_the_copy_become_dead_letters(dbs, daemon):
+    create(dbs)
+    seed(dbs, 3000, 10, 10)
+    execute(dbs.src, "UPDATE people SET v = -1 WHERE id IN (7, 2500)")
+    execute(dbs.dst, "ALTER TABLE people ADD CONSTRAINT v_positive CHECK (v >= 0)")
+    d = daemon(dbs.config([PEOPLE_CFG]))
+    wait_until(
+        lambda: scalar(dbs.dst, "SELECT state FROM replicator.pipelines") == "streaming",
+        timeout=60,
+        reason="copy done",
+    )
+    assert scalar(dbs.dst, "SELECT count(*) FROM people") == 2998
+    with psycopg.connect(dbs.dst) as conn:
+        letters = conn.execute(
+            "SELECT key, row_data ->> 'mobile', error_class FROM replicator.dead_letters"
+            " ORDER BY (key ->> 'id')::bigint"
+        ).fetchall()
+    assert letters == [
+        ({"id": "7"}, "******0007", "23514"),
+        ({"id": "2500"}, "******2500", "23514"),
+    ]
+    assert "9800000007" not in d.log_text()
+    execute(dbs.src, "INSERT INTO people VALUES (5000, 'after', NULL, 1)")
+    wait_until(
+        lambda: scalar(dbs.dst, "SELECT count(*) FROM people") == 2999,
+        timeout=30,
+        reason="the stream goes on after the copy",
+    )
