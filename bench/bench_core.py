@@ -27,6 +27,12 @@ its own turn.
     set, so the target's own ``pg_xact_commit_timestamp`` is the *source* commit time;
     the WAL commit record keeps the local one.
 
+``--masks``: (a) runs a second time for ours with masks on five citizen columns (``MASKS``:
+aadhaar redact, jan_aadhaar and mobile partial:4, email, income_band redact:CONFIDENTIAL),
+right after the unmasked one; native has no masks and stays the reference. That run is
+verified against the source with the same masks restated in SQL (``MASKED_EXPR``, held to
+:mod:`replicator.masking` on generated rows first), and the slowdown masks on / off printed.
+
 Speed only: correctness lives in the tests. Absolute times drift on a shared machine; read
 the ratios.
 """
@@ -59,6 +65,7 @@ from psycopg import sql
 
 from replicator import localpg
 from replicator.config import BatchConfig, PipelineConfig
+from replicator.masking import compile_mask, parse_mask
 
 PIPELINE = "bench"
 OURS_ORIGIN = f"replicator_{PIPELINE}"
@@ -142,6 +149,46 @@ PGBENCH_SCRIPT = (
 
 CHECKSUM = (
     "SELECT count(*), coalesce(sum(hashtextextended(c::text, 0)), 0) FROM public.citizens AS c"
+)
+
+# --masks: the citizen columns the seed wants masked, with their rules
+MASKS = {
+    "aadhaar": "redact",
+    "jan_aadhaar": "partial:4",
+    "mobile": "partial:4",
+    "email": "email",
+    "income_band": "redact:CONFIDENTIAL",
+}
+COLUMNS = (
+    "citizen_id",
+    "aadhaar",
+    "jan_aadhaar",
+    "full_name",
+    "mobile",
+    "email",
+    "district_id",
+    "income_band",
+    "dob",
+    "address",
+    "created_at",
+    "updated_at",
+    "score",
+)
+# The masks restated in SQL for the values ROW_SELECT generates (ASCII digits with '-'
+# separators, emails with a local part of more than one letter), so that a masked target
+# can be checked against its source; check_mask_mirror() holds them to replicator.masking.
+_PARTIAL4 = "regexp_replace(left(c.{0}, -4), '[[:alnum:]]', '*', 'g') || right(c.{0}, 4)"
+MASKED_EXPR = {
+    "aadhaar": "CASE WHEN c.aadhaar IS NOT NULL THEN '***MASKED***' END",
+    "jan_aadhaar": _PARTIAL4.format("jan_aadhaar"),
+    "mobile": _PARTIAL4.format("mobile"),
+    "email": "left(c.email, 1) || '***@' || substring(c.email from '[^@]*$')",
+    "income_band": "CASE WHEN c.income_band IS NOT NULL THEN 'CONFIDENTIAL' END",
+}
+MASKED_CHECKSUM = (
+    "SELECT count(*), coalesce(sum(hashtextextended(ROW("
+    + ", ".join(MASKED_EXPR.get(col, f"c.{col}") for col in COLUMNS)
+    + ")::text, 0)), 0) FROM public.citizens AS c"
 )
 
 
@@ -377,8 +424,8 @@ class System:
         lsn = self.one(self.src, "SELECT pg_current_wal_lsn()::text")
         self.wait_applied(lsn, timeout=timeout)
 
-    def checksums(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        s = self.src.execute(CHECKSUM).fetchone()
+    def checksums(self, masked: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
+        s = self.src.execute(MASKED_CHECKSUM if masked else CHECKSUM).fetchone()
         d = self.dst.execute(CHECKSUM).fetchone()
         assert s is not None
         assert d is not None
@@ -489,21 +536,29 @@ class Ours(System):
         self.exits: list[int | None] = []
         self.options = {"proto_version": PipelineConfig.model_fields["proto_version"].default}
         self.options.update(BatchConfig().model_dump())
+        self.masks: Mapping[str, str] | None = None
 
-    def setup(self) -> None:
+    def write_config(self) -> None:
+        """The config the next ``run`` reads (with ``self.masks`` on the table, if any)."""
+        table: dict[str, Any] = {"source": "public.citizens"}
+        if self.masks:
+            table["mask"] = dict(self.masks)
         config = {
-            "service": {"log_format": "json", "log_level": "info"},
+            "service": {"log_format": "json", "log_level": "info", "health": ""},
             "databases": {"src": {"dsn": self.src_dsn}, "dst": {"dsn": self.dst_dsn}},
             "pipeline": [
                 {
                     "name": PIPELINE,
                     "from": "src",
                     "to": "dst",
-                    "table": [{"source": "public.citizens"}],
+                    "table": [table],
                 }
             ],
         }
         self.config_path.write_text(toml_dumps(config))
+
+    def setup(self) -> None:
+        self.write_config()
         res = subprocess.run(
             [sys.executable, "-m", "replicator", "setup", "-c", str(self.config_path)],
             capture_output=True,
@@ -597,8 +652,8 @@ def run_source_txn(system: System, statement: sql.Composable | str) -> tuple[flo
     return committing - started, committing, lsn[0]
 
 
-def verify(system: System) -> dict[str, Any]:
-    (sc, ss), (dc, ds) = system.checksums()
+def verify(system: System, masked: bool = False) -> dict[str, Any]:
+    (sc, ss), (dc, ds) = system.checksums(masked)
     return {"source_rows": sc, "target_rows": dc, "equal": sc == dc and ss == ds}
 
 
@@ -631,7 +686,7 @@ def settle(system: System) -> None:
     system.env.checkpoint()
 
 
-def bulk(kind: str, system: System, n: int) -> dict[str, Any]:
+def bulk(kind: str, system: System, n: int, masked: bool = False) -> dict[str, Any]:
     if kind == "a":
         reset(system)
         statement: sql.Composable | str = insert_sql(n)
@@ -655,11 +710,45 @@ def bulk(kind: str, system: System, n: int) -> dict[str, Any]:
     }
     if isinstance(system, Ours):
         result["daemon_peak_rss_mib"] = peak_rss_mib(system.pid)
-    system.loaded = n
-    result["verify"] = verify(system)
+    system.loaded = 0 if masked else n  # a masked target is not a copy of the source
+    result["verify"] = verify(system, masked)
     if not result["verify"]["equal"]:
         system.loaded = 0
     return result
+
+
+def check_mask_mirror(system: System) -> None:
+    """MASKED_EXPR must agree with replicator.masking on generated rows, or a masked run
+    could not be verified: 1,000 rows of ROW_SELECT, each masked column both ways."""
+    rows = ROW_SELECT.replace("{source}", "generate_series(1::bigint, 1000) AS s(g)")
+    cols = ", ".join(f"c.{col}, {MASKED_EXPR[col]}" for col in MASKS)
+    query = f"SELECT {cols} FROM ({rows}) AS c({', '.join(COLUMNS)})"
+    fns = [compile_mask(parse_mask(rule)) for rule in MASKS.values()]
+    for row in system.src.execute(query):  # type: ignore[call-overload]
+        for i, (col, fn) in enumerate(zip(MASKS, fns, strict=True)):
+            raw, expected = row[2 * i], row[2 * i + 1]
+            got = None if raw is None else fn(raw.encode())
+            if (None if got is None else got.decode()) != expected:
+                raise BenchError(f"MASKED_EXPR[{col!r}] differs from replicator.masking")
+
+
+def masked_run(ours: Ours, n: int) -> dict[str, Any]:
+    """(a) again for ours, with MASKS in its config; the config is restored afterwards."""
+    check_mask_mirror(ours)
+    ours.masks = MASKS
+    ours.write_config()
+    try:
+        ours.activate()
+        try:
+            res = bulk("a", ours, n, masked=True)
+        finally:
+            ours.deactivate()
+    finally:
+        ours.masks = None
+        ours.write_config()
+        ours.loaded = 0
+    res["masks"] = dict(MASKS)
+    return res
 
 
 WALDUMP_COMMIT = re.compile(
@@ -854,6 +943,7 @@ TABLE_ROWS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 TABLE_ROWS["b"] = TABLE_ROWS["a"]
+TABLE_ROWS["a_masked"] = TABLE_ROWS["a"]
 
 
 def dig(d: Mapping[str, Any], path: str) -> Any:
@@ -867,6 +957,8 @@ def dig(d: Mapping[str, Any], path: str) -> Any:
 def print_results(results: Mapping[str, Mapping[str, Any]], args: argparse.Namespace) -> None:
     titles = {
         "a": f"(a) INSERT {args.rows:,} rows in one transaction",
+        "a_masked": f"(a) again, ours with {len(MASKS)} masked columns (native: no masks, the"
+        " reference)",
         "b": f"(b) UPDATE {args.rows:,} rows in one transaction",
         "c": f"(c) pgbench {args.txns:,} single-row txns, {CLIENTS} clients, 80% upd/20% ins",
     }
@@ -1002,10 +1094,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default="a,b,c", help="scenarios to run, e.g. a,c")
     parser.add_argument("--pg", type=int, default=15, help="PostgreSQL major version")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--masks",
+        action="store_true",
+        help="run (a) for ours a second time with masks on, and print the slowdown",
+    )
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if not only or any(s not in ("a", "b", "c") for s in only):
         parser.error("--only takes a comma-separated subset of a,b,c")
+    if args.masks and "a" not in only:
+        parser.error("--masks needs scenario a")
     only = [s for s in ("a", "b", "c") if s in only]
 
     command = shlex.join([sys.executable, *sys.argv])
@@ -1070,6 +1169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ours:       python -m replicator run, no masks; defaults: "
             + ", ".join(f"{k}={v}" for k, v in ours.options.items())
         )
+        if args.masks:
+            say(
+                "masks:      (a) again for ours with "
+                + ", ".join(f"{c}={r}" for c, r in MASKS.items())
+            )
         say(f"workdir:    {root} (daemon.log, replicator.toml, server logs)")
 
         for kind in only:
@@ -1092,6 +1196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f" ms, apply CPU {res['apply_cpu_s_per_1k_rows']:.3f} s/1k rows"
                 )
                 say(f"[{kind}] {system.label}: {brief}, equal={res['verify']['equal']}")
+            if kind == "a" and args.masks:
+                say("[a] ours with masks ...")
+                res = masked_run(ours, args.rows)
+                results["a_masked"] = {"native": results["a"]["native"], "ours": res}
+                say(
+                    f"[a] ours with masks: {res['commit_to_target_s']:.2f}s,"
+                    f" {res['rows_per_s']:,.0f} rows/s, equal={res['verify']['equal']}"
+                )
     except BenchError as exc:
         error = str(exc)
         say(f"FAILED: {error}")
@@ -1114,8 +1226,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts["other_cpu"] = other_cpu(processes_before, elapsed)
     facts["code_changed_during_run"] = code_fingerprint() != code_before
     facts["error"] = error
+    if "a_masked" in results and "ours" in results.get("a", {}):
+        off, on = results["a"]["ours"], results["a_masked"]["ours"]
+        facts["masking_slowdown"] = {
+            "commit_to_target": on["commit_to_target_s"] / off["commit_to_target_s"],
+            "apply_cpu": on["apply_cpu_s"] / off["apply_cpu_s"] if off["apply_cpu_s"] else None,
+        }
 
     print_results(results, args)
+    slow = facts.get("masking_slowdown")
+    if slow:
+        off, on = results["a"]["ours"], results["a_masked"]["ours"]
+        say(
+            f"masks on / off (ours, (a)): commit -> target {on['commit_to_target_s']:.2f}s /"
+            f" {off['commit_to_target_s']:.2f}s = {slow['commit_to_target']:.2f}"
+            f" ({slow['commit_to_target'] - 1:+.1%})"
+            + (
+                f"; apply-side CPU {on['apply_cpu_s']:.1f}s / {off['apply_cpu_s']:.1f}s ="
+                f" {slow['apply_cpu']:.2f}"
+                if slow["apply_cpu"]
+                else ""
+            )
+        )
     say()
     say(f"command: {command}")
     say("ours/native: the plain quotient of the two columns (time and CPU: lower is better")
