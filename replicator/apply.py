@@ -278,35 +278,32 @@ class TargetSession:
                     sqlgen.delete_from_stage(plan),
                 ]
             for g, (skip, _) in numbered:
-                statements.append(sqlgen.update_from_stage(plan, g, skip))
+                statements.append(sqlgen.update_from_stage(plan, g, skip, self.pipeline))
             if items:
                 if log_inserts is not None:
                     statements.append(log_inserts)
                 statements.append(sqlgen.insert_from_stage(plan))
             await cur.execute(sql.SQL("; ").join(statements))
-            results = [cur.rowcount]
-            while cur.nextset():
-                results.append(cur.rowcount)
             self._dirty.add(plan.target.oid)
-            it = iter(results)
-            deleted = 0
+            deleted = updated = inserted = 0
             if tb.deleted:
-                counts.conflicts += next(it)
-                deleted = next(it)
-            updated = 0
-            for g, (_, entries) in numbered:
-                n = next(it)
+                logged = cur.rowcount  # every logged delete is a missing row
+                counts.conflicts += logged
+                counts.delete_missing += logged
+                cur.nextset()
+                deleted = cur.rowcount
+                cur.nextset()
+            for _ in numbered:
+                n, missing, logged = await cur.fetchone()  # type: ignore[misc]
                 updated += n
-                if n < len(entries):  # missing or older rows: say which, set-based
-                    counts.update_missing += len(entries) - n
-                    await cur.execute(sqlgen.log_update_conflicts(plan, self.pipeline, g))
-                    counts.conflicts += cur.rowcount
-            inserted = 0
+                counts.update_missing += missing
+                counts.conflicts += logged
+                cur.nextset()
             if items:
                 if log_inserts is not None:
-                    counts.conflicts += next(it)
-                inserted = next(it)
-        counts.delete_missing += max(0, len(tb.deleted) - deleted)
+                    counts.conflicts += cur.rowcount
+                    cur.nextset()
+                inserted = cur.rowcount
         counts.add(plan.target.name, inserted, updated, deleted)
 
     async def _try_copy_direct(self, plan: TablePlan, rows: Sequence[Sequence[Datum]]) -> bool:

@@ -402,6 +402,17 @@ class PipelineConfig(_Model):
             return True
         return all((self.priority, self.name) > (q.priority, q.name) for q in reverse)
 
+    def return_table(self, config: Config, table: TableConfig) -> TableConfig | None:
+        """The reverse pipeline's entry for this table, when the table is two-way: the one
+        that carries this table's target back into its source."""
+        for q in config.pipelines:
+            if q.from_ != self.to or q.to != self.from_:
+                continue
+            for b in q.tables:
+                if b.source == table.target_name and b.target_name == table.source:
+                    return b
+        return None
+
     def table_for(self, schema: str, name: str) -> TableConfig | None:
         for t in self.tables:
             if t.source.schema == schema and t.source.name == name:

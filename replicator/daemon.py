@@ -48,6 +48,10 @@ def _signature(config: Config, pipe: PipelineConfig) -> bytes:
             "masking": config.masking.model_dump(mode="json"),
             "echoes": sorted(skip_origins_for(config, pipe.from_)),
             "tie": pipe.tie_source_wins(config),
+            "return": [
+                back.model_dump(mode="json", by_alias=True) if back else None
+                for back in (pipe.return_table(config, t) for t in pipe.tables)
+            ],
         },
         option=orjson.OPT_SORT_KEYS,
     )

@@ -75,6 +75,10 @@ class TablePlan:
     # after the incoming change from one that was not (last writer wins)
     commit_timestamps: bool
     masked: frozenset[str]  # target columns that carry a lossy or hashed mask
+    # two-way tables: positions of the columns the reverse pipeline does not carry back.
+    # This pipeline alone writes them, so an incoming row that loses its conflict still
+    # brings them (otherwise a masked or excluded column would never converge)
+    one_way: tuple[int, ...]
     equality: tuple[bool, ...]  # per column: compare typed (True) or as text (False)
     _pick: Callable[[TupleData], tuple[Datum, ...]] = field(repr=False)
     _key: Callable[[Sequence[Datum]], tuple[Datum, ...]] = field(repr=False)
@@ -138,7 +142,9 @@ def build_plan(
     hash_key: bytes | None,
     tie_source_wins: bool = True,
     commit_timestamps: bool = False,
+    returned: TableConfig | None = None,
 ) -> TablePlan:
+    """``returned``: the reverse pipeline's entry for this table when it is two-way."""
     src = QualifiedName(relation.namespace or "pg_catalog", relation.relation_name)
     rel_cols = [c.name for c in relation.columns]
     where = f"{src} -> {target.name}"
@@ -207,6 +213,14 @@ def build_plan(
             f"{where}: conflict column {table.conflict.column!r} is not a replicated column"
         )
 
+    one_way: tuple[int, ...] = ()
+    if returned is not None and table.conflict.rule == "newer_wins":
+        one_way = tuple(
+            i
+            for i, col in enumerate(columns)
+            if returned.target_column(col) is None and i not in key and col != table.conflict.column
+        )
+
     # --- masks -----------------------------------------------------------------------
     masks: list[tuple[int, MaskFn]] = []
     masked: set[str] = set()
@@ -244,6 +258,7 @@ def build_plan(
         tie_source_wins=tie_source_wins,
         commit_timestamps=commit_timestamps,
         masked=frozenset(masked),
+        one_way=one_way,
         equality=tuple(c.has_equality for c in tcols),
         _pick=_picker(picks),
         _key=_picker(key),

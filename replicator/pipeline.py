@@ -205,6 +205,7 @@ class Pipeline:
                         hash_key=self.hash_key,
                         tie_source_wins=pipe.tie_source_wins(cfg),
                         commit_timestamps=target.commit_timestamps,
+                        returned=pipe.return_table(cfg, table),
                     )
                 except (SchemaError, MaskingError) as exc:
                     problems.append(str(exc))
@@ -696,6 +697,7 @@ class Pipeline:
             hash_key=self.hash_key,
             tie_source_wins=self.pipe.tie_source_wins(self.config),
             commit_timestamps=target.commit_timestamps,
+            returned=self.pipe.return_table(self.config, table),
         )
         self._plans[rid] = plan
         self._tables[rid] = TableBatch(plan, ref=self._txn)

@@ -221,8 +221,20 @@ def _local_not_newer(plan: TablePlan, stage_alias: str) -> sql.Composable:
     ).format(ts=_stage_time(stage_alias))
 
 
-def update_from_stage(plan: TablePlan, group: int, skip: Sequence[int]) -> sql.Composed:
+def update_from_stage(
+    plan: TablePlan, group: int, skip: Sequence[int], pipeline: str
+) -> sql.Composed:
+    """One update group and its conflicts, in one statement returning one row: (rows
+    updated, staged updates whose row is missing, conflicts logged).
+
+    The conflicts are the staged rows the UPDATE left alone: their target row is missing,
+    or it wins under the table's rule. Both sides of that are read in the statement's one
+    snapshot, so a row the UPDATE applied is never logged as lost. On a two-way table a
+    losing row still brings the columns only this pipeline carries (``plan.one_way``)."""
     skipped = set(skip)
+    t = table_ident(plan.target.name)
+    stage = stage_name(plan)
+    match = _match(plan, "t", "s")
     sets = [
         sql.SQL("{} = s.{}").format(sql.Identifier(col), _c(i))
         for i, col in enumerate(plan.columns)
@@ -236,17 +248,62 @@ def update_from_stage(plan: TablePlan, group: int, skip: Sequence[int]) -> sql.C
             c=col, op=_newer_op(plan), s=staged
         )
     newer = newer + _local_not_newer(plan, "s")
-    return sql.SQL(
-        "UPDATE {t} AS t SET {sets} FROM {stage} AS s "
-        "WHERE s._op = 'U' AND s._g = {g} AND {match}{newer}"
-    ).format(
-        t=table_ident(plan.target.name),
-        sets=sql.SQL(", ").join(sets),
-        stage=stage_name(plan),
-        g=sql.Literal(group),
-        match=_match(plan, "t", "s"),
-        newer=newer,
+    group_rows = sql.SQL("s._op = 'U' AND s._g = {}").format(sql.Literal(group))
+    parts = [
+        sql.SQL(
+            "WITH u AS (UPDATE {t} AS t SET {sets} FROM {stage} AS s"
+            " WHERE {rows} AND {match}{newer} RETURNING s.ctid AS sid)"
+        ).format(
+            t=t,
+            sets=sql.SQL(", ").join(sets),
+            stage=stage,
+            rows=group_rows,
+            match=match,
+            newer=newer,
+        )
+    ]
+    one_way = [i for i in plan.one_way if i not in skipped]
+    if one_way:
+        parts.append(
+            sql.SQL(
+                ", o AS (UPDATE {t} AS t SET {sets} FROM {stage} AS s WHERE {rows} AND {match}"
+                " AND s.ctid NOT IN (SELECT sid FROM u) AND ({differ}))"
+            ).format(
+                t=t,
+                sets=sql.SQL(", ").join(
+                    sql.SQL("{} = s.{}").format(sql.Identifier(plan.columns[i]), _c(i))
+                    for i in one_way
+                ),
+                stage=stage,
+                rows=group_rows,
+                match=match,
+                differ=sql.SQL(" OR ").join(
+                    sql.SQL("t.{} IS DISTINCT FROM s.{}").format(
+                        sql.Identifier(plan.columns[i]), _c(i)
+                    )
+                    for i in one_way
+                ),
+            )
+        )
+    exists = sql.SQL("EXISTS (SELECT 1 FROM {t} AS t WHERE {m})").format(t=t, m=match)
+    parts.append(
+        sql.SQL(", c AS (")
+        + _conflict_insert(plan, pipeline)
+        + sql.SQL(
+            "{key}, CASE WHEN {exists} THEN 'update_older' ELSE 'update_missing' END,"
+            " 'target', s._lsn, {ts} FROM {stage} AS s"
+            " WHERE {rows} AND s.ctid NOT IN (SELECT sid FROM u) RETURNING kind)"
+            " SELECT (SELECT count(*) FROM u),"
+            " count(*) FILTER (WHERE kind = 'update_missing'), count(*) FROM c"
+        ).format(
+            key=_key_json(plan, "s", "k"),
+            exists=exists,
+            ts=_stage_time("s"),
+            stage=stage,
+            rows=group_rows,
+        )
     )
+    return sql.Composed(parts)
 
 
 def insert_from_stage(plan: TablePlan) -> sql.Composed:
@@ -294,8 +351,25 @@ def on_conflict(plan: TablePlan) -> sql.Composable:
         ).format(clause, incoming)
     if plan.conflict.rule == "newer_wins":
         col = sql.Identifier(plan.conflict.column or "")
-        clause = sql.SQL("{} WHERE t.{c} IS NULL OR t.{c} {op} EXCLUDED.{c}").format(
-            clause, c=col, op=_newer_op(plan)
+        wins = sql.SQL("t.{c} IS NULL OR t.{c} {op} EXCLUDED.{c}").format(c=col, op=_newer_op(plan))
+        if not plan.one_way:
+            return sql.SQL("{} WHERE {}").format(clause, wins)
+        # a losing row still brings the columns only this pipeline carries
+        one_way = {plan.columns[i] for i in plan.one_way}
+        sets = sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
+            if c in one_way
+            else sql.SQL("{0} = CASE WHEN {1} THEN EXCLUDED.{0} ELSE t.{0} END").format(
+                sql.Identifier(c), wins
+            )
+            for c in others
+        )
+        differ = sql.SQL(" OR ").join(
+            sql.SQL("t.{0} IS DISTINCT FROM EXCLUDED.{0}").format(sql.Identifier(c))
+            for c in sorted(one_way)
+        )
+        return sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {} WHERE {} OR {}").format(
+            keys, sets, wins, differ
         )
     return clause
 
@@ -366,45 +440,6 @@ def log_insert_conflicts(plan: TablePlan, pipeline: str) -> sql.Composed | None:
         stage=stage_name(plan),
         t=table_ident(plan.target.name),
         m=match,
-    )
-
-
-def log_update_conflicts(plan: TablePlan, pipeline: str, group: int) -> sql.Composed:
-    """After an UPDATE that changed fewer rows than were staged: the ones left out were
-    missing, or (newer_wins) older than the target's. A staged update keeps its key."""
-    exists = sql.SQL("EXISTS (SELECT 1 FROM {t} AS t WHERE {m})").format(
-        t=table_ident(plan.target.name), m=_match(plan, "t", "s")
-    )
-    newer = sql.SQL("")
-    if plan.conflict.rule == "newer_wins" and plan.conflict.column is not None:
-        col = sql.Identifier(plan.conflict.column)
-        staged = _c(plan.columns.index(plan.conflict.column))
-        newer = sql.SQL(
-            " OR EXISTS (SELECT 1 FROM {t} AS t WHERE {m} AND t.{c} IS NOT NULL"
-            " AND NOT (t.{c} {op} s.{s}))"
-        ).format(
-            t=table_ident(plan.target.name),
-            m=_match(plan, "t", "s"),
-            c=col,
-            op=_newer_op(plan),
-            s=staged,
-        )
-    if plan.conflict.rule == "target_wins" and plan.commit_timestamps:
-        newer = sql.SQL(
-            " OR EXISTS (SELECT 1 FROM {t} AS t WHERE {m}"
-            " AND pg_catalog.pg_xact_commit_timestamp(t.xmin) > {ts})"
-        ).format(t=table_ident(plan.target.name), m=_match(plan, "t", "s"), ts=_stage_time("s"))
-    return _conflict_insert(plan, pipeline) + sql.SQL(
-        "{key}, CASE WHEN {exists} THEN 'update_older' ELSE 'update_missing' END, 'target',"
-        " s._lsn, {ts} FROM {stage} AS s WHERE s._op = 'U' AND s._g = {g}"
-        " AND (NOT {exists}{newer})"
-    ).format(
-        key=_key_json(plan, "s", "k"),
-        exists=exists,
-        ts=_stage_time("s"),
-        stage=stage_name(plan),
-        g=sql.Literal(group),
-        newer=newer,
     )
 
 

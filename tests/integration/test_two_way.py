@@ -156,6 +156,69 @@ def test_a_masked_column_edited_on_the_portal_never_reaches_the_original(two_way
     assert scalar(tw.a, "SELECT mobile FROM consents") == "9876543210"
 
 
+def test_only_the_rows_that_lost_are_logged_as_conflicts(two_way: TwoWay, daemon):
+    tw = two_way
+    both(tw, CONSENTS)
+    table = {"source": "consents", "conflict": "newer_wins:updated_at"}
+    # b -> a loses ties: its newer_wins comparison is the strict one
+    d = daemon(tw.config([table], [table], a_to_b_options={"priority": 1}))
+    execute(
+        tw.a,
+        "INSERT INTO consents (id, citizen, status) VALUES"
+        " ('00000000-0000-0000-0000-000000000001', 1, 'a'),"
+        " ('00000000-0000-0000-0000-000000000002', 2, 'a')",
+    )
+    wait_until(
+        lambda: scalar(tw.b, "SELECT count(*) FROM consents") == 2, timeout=30, reason="on b"
+    )
+    assert d.stop() == 0
+    # one transaction on b changes both rows; a changes row 2 again after it: on a, b's
+    # row 1 applies and b's row 2 loses, in the same batch
+    execute(tw.b, "UPDATE consents SET status = 'b', updated_at = clock_timestamp()")
+    execute(
+        tw.a, "UPDATE consents SET status = 'a2', updated_at = clock_timestamp() WHERE citizen = 2"
+    )
+    d.start()
+    wait_until(lambda: same(tw), timeout=30, reason="both sides equal")
+    assert scalar(tw.a, "SELECT string_agg(status, ',' ORDER BY citizen) FROM consents") == "b,a2"
+    with psycopg.connect(tw.a) as conn:
+        logged = conn.execute("SELECT key, kind, winner FROM replicator.conflicts").fetchall()
+    assert logged == [({"id": "00000000-0000-0000-0000-000000000002"}, "update_older", "target")]
+
+
+def test_a_masked_column_converges_even_when_its_row_loses_on_the_portal(two_way, daemon):
+    tw = two_way
+    both(tw, CONSENTS)
+    rule = "newer_wins:updated_at"
+    a_to_b = {"source": "consents", "mask": {"mobile": "partial:4"}, "conflict": rule}
+    b_to_a = {"source": "consents", "exclude": ["mobile"], "conflict": rule}
+    d = daemon(tw.config([a_to_b], [b_to_a]))
+    execute(tw.a, "INSERT INTO consents (citizen, mobile, status) VALUES (1, '9876511111', 'x')")
+    wait_until(
+        lambda: scalar(tw.b, "SELECT mobile FROM consents") == "******1111",
+        timeout=30,
+        reason="masked on the portal",
+    )
+    assert d.stop() == 0
+    # the warehouse changes the mobile, then the portal changes the status a moment later:
+    # the portal's row is newer and wins, but only the warehouse carries the mobile
+    execute(tw.a, "UPDATE consents SET mobile = '9876522222', updated_at = clock_timestamp()")
+    execute(tw.b, "UPDATE consents SET status = 'portal', updated_at = clock_timestamp()")
+    d.start()
+    wait_until(
+        lambda: scalar(tw.a, "SELECT status FROM consents") == "portal",
+        timeout=30,
+        reason="the newer portal row wins on the warehouse",
+    )
+    wait_until(
+        lambda: scalar(tw.b, "SELECT mobile FROM consents") == "******2222",
+        timeout=30,
+        reason="the new mobile reaches the portal, masked",
+    )
+    assert scalar(tw.b, "SELECT status FROM consents") == "portal"
+    assert scalar(tw.a, "SELECT mobile FROM consents") == "9876522222"
+
+
 def test_run_refuses_a_masked_column_flowing_back_over_its_original(two_way, daemon):
     tw = two_way
     both(tw, CONSENTS)

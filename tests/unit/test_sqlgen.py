@@ -75,7 +75,7 @@ def test_every_identifier_is_quoted_wherever_it_appears(
     qualified = f"{quoted}.{quoted}"
     statements = [
         sqlgen.delete_from_stage(plan),
-        sqlgen.update_from_stage(plan, 0, ()),
+        sqlgen.update_from_stage(plan, 0, (), "p"),
         sqlgen.insert_from_stage(plan),
         sqlgen.copy_direct(plan),
         sqlgen.truncate([plan.target.name], restart_identity=False),
@@ -86,7 +86,7 @@ def test_every_identifier_is_quoted_wherever_it_appears(
     for q in statements:
         rendered = text(q)
         assert qualified in rendered, rendered
-    assert f'{quoted} = s."c1"' in text(sqlgen.update_from_stage(plan, 0, ()))
+    assert f'{quoted} = s."c1"' in text(sqlgen.update_from_stage(plan, 0, (), "p"))
     assert f"{quoted} = EXCLUDED.{quoted}" in text(sqlgen.insert_from_stage(plan))
 
 
@@ -122,11 +122,11 @@ def test_update_from_stage_leaves_unchanged_toast_columns_alone(
     hostile: Callable[..., TablePlan],
 ) -> None:
     plan = hostile()
-    rendered = text(sqlgen.update_from_stage(plan, 7, (1, 4)))
+    rendered = text(sqlgen.update_from_stage(plan, 7, (1, 4), "p"))
     kept = [f'{c} = s."c{i}"' for i, c in enumerate(Q_COLUMNS) if i not in (1, 4)]
-    assert rendered == (
-        f"UPDATE {Q_TABLE} AS t SET {', '.join(kept)} FROM {STAGE} AS s "
-        'WHERE s._op = \'U\' AND s._g = 7 AND "t"."Id" = "s"."k0"'
+    assert rendered.startswith(
+        f"WITH u AS (UPDATE {Q_TABLE} AS t SET {', '.join(kept)} FROM {STAGE} AS s "
+        'WHERE s._op = \'U\' AND s._g = 7 AND "t"."Id" = "s"."k0" RETURNING s.ctid AS sid)'
     )
     assert '"we""ird" =' not in rendered
     assert '"naïve 名" =' not in rendered
@@ -197,7 +197,7 @@ def test_on_conflict_of_a_key_only_table_does_nothing(make_plan: PlanFactory) ->
 def test_update_from_stage_under_newer_wins_only_touches_rows_not_newer_on_target(
     hostile: Callable[..., TablePlan],
 ) -> None:
-    rendered = text(sqlgen.update_from_stage(hostile("newer_wins:updated_at"), 0, ()))
+    rendered = text(sqlgen.update_from_stage(hostile("newer_wins:updated_at"), 0, (), "p"))
     where = rendered.split(" WHERE ", 1)[1]
     assert 't."updated_at"' in where or '"t"."updated_at"' in where
 
