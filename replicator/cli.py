@@ -113,29 +113,13 @@ def check(config_path: str, as_json: bool) -> None:
     sys.exit(0 if report.ok else 1)
 
 
-@main.command()
-@click.option("--rows", default=10_000, show_default=True, help="Rows seeded before streaming.")
-@click.option("--seconds", default=10.0, show_default=True, help="Seconds of replayed traffic.")
-@click.option("--keep", is_flag=True, help="Leave the clusters running and print how to connect.")
-@click.option(
-    "--pg-version",
-    "version",
-    type=int,
-    default=None,
-    help="PostgreSQL major version to use (default: system one, else embedded).",
-)
-def demo(rows: int, seconds: float, keep: bool, version: int | None) -> None:
-    """Run the whole thing on throwaway local PostgreSQL clusters."""
-    from replicator.demo import DemoOptions, run_demo  # noqa: PLC0415
-
-    sys.exit(run_demo(DemoOptions(rows=rows, seconds=seconds, keep=keep, version=version)))
-
-
 # operator commands live in their own module
 from replicator.cli_ops import dlq, resync  # noqa: E402
+from replicator.demo_cli import demo  # noqa: E402
 
 main.add_command(dlq)
 main.add_command(resync)
+main.add_command(demo)
 
 
 @main.command()
