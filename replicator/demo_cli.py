@@ -41,6 +41,14 @@ import click
     help="PostgreSQL major version to use (default: the system's, else the embedded wheel's).",
 )
 @click.option(
+    "--max-delay",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="p99 commit-to-apply delay the run must meet to pass (the seed's target); "
+    "0: measure and show it without judging.",
+)
+@click.option(
     "--live/--no-live",
     default=None,
     help="The live view (default: when stdout is a terminal); --no-live prints log lines.",
@@ -53,6 +61,7 @@ def demo(
     keep: bool,
     version: int | None,
     live: bool | None,
+    max_delay: float,
 ) -> None:
     """Run the seed's two databases end to end on throwaway local PostgreSQL clusters.
 
@@ -65,7 +74,13 @@ def demo(
     sys.exit(
         run_demo(
             DemoOptions(
-                rows=rows, seconds=seconds, keep=keep, version=version, scale=scale, live=live
+                rows=rows,
+                seconds=seconds,
+                keep=keep,
+                version=version,
+                scale=scale,
+                live=live,
+                max_delay=max_delay or None,
             )
         )
     )

@@ -112,10 +112,11 @@ class Latency:
     p50: float | None
     p99: float | None
     max: float | None
+    target: float | None = LATENCY_TARGET_SECONDS  # None: measured and shown, not judged
 
     @property
     def ok(self) -> bool:
-        return self.p99 is not None and self.p99 <= LATENCY_TARGET_SECONDS
+        return self.p99 is not None and (self.target is None or self.p99 <= self.target)
 
 
 def quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -126,11 +127,15 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[int(rank) - 1]
 
 
-def latency(pipeline: str, delays: Iterable[float]) -> Latency:
+def latency(
+    pipeline: str, delays: Iterable[float], target: float | None = LATENCY_TARGET_SECONDS
+) -> Latency:
     values = sorted(delays)
     if not values:
-        return Latency(pipeline, 0, None, None, None)
-    return Latency(pipeline, len(values), quantile(values, 0.5), quantile(values, 0.99), values[-1])
+        return Latency(pipeline, 0, None, None, None, target)
+    return Latency(
+        pipeline, len(values), quantile(values, 0.5), quantile(values, 0.99), values[-1], target
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,13 +423,16 @@ def heartbeat_target(pipe: PipelineConfig) -> QualifiedName | None:
     return None if table is None else table.target_name
 
 
-def measure_latency(config: Config, dsns: dict[str, str], since: object) -> list[Latency]:
-    """Per pipeline: heartbeats sent since ``since`` (a timestamp), arrival minus send."""
+def measure_latency(
+    config: Config, dsns: dict[str, str], since: object, target: float | None
+) -> list[Latency]:
+    """Per pipeline: heartbeats sent since ``since`` (a timestamp), arrival minus send,
+    judged against ``target`` seconds at p99 (None: not judged)."""
     out = []
     for pipe in config.pipelines:
         target = heartbeat_target(pipe)
         if target is None:
-            out.append(Latency(pipe.name, 0, None, None, None))
+            out.append(Latency(pipe.name, 0, None, None, None, target))
             continue
         with _connect(dsns[pipe.to]) as conn:
             rows = conn.execute(
@@ -434,7 +442,7 @@ def measure_latency(config: Config, dsns: dict[str, str], since: object) -> list
                 ).format(sql.Identifier(target.schema, target.name)),
                 [since],
             ).fetchall()
-        out.append(latency(pipe.name, (r[0] for r in rows)))
+        out.append(latency(pipe.name, (r[0] for r in rows), target))
     return out
 
 

@@ -21,7 +21,7 @@ _ROW = re.compile(r"^│ (?P<pipeline>[a-z_]+) +│ (?P<tables>\S+ -> \S+)")
 # a row of the delay table: pipeline (flow) │ heartbeats │ p50 │ p99 │ max │ dead │ conflicts
 _DELAY = re.compile(
     r"^│ (?P<pipeline>[a-z_]+) \(.*?\) +│ +(?P<heartbeats>\d+) │.*│ +(?P<dead>\d+) │ +\d+ │"
-    r" (?P<result>within target|MISSED)"
+    r" (?P<result>within target|measured|MISSED)"
 )
 
 
@@ -36,7 +36,7 @@ def test_demo_verifies_every_table_equal_and_every_masked_column_masked(major: i
             "--pg-version",
             str(major),
             # small and quick: 2,000 profiles (scale 0.02: ~13K changes), a 5-second day
-            *("--rows", "2000", "--seconds", "5", "--no-live"),
+            *("--rows", "2000", "--seconds", "5", "--max-delay", "0", "--no-live"),
         ],
         capture_output=True,
         text=True,
@@ -67,17 +67,13 @@ def test_demo_verifies_every_table_equal_and_every_masked_column_masked(major: i
             assert "│ masked: " in line, f"{key}: {line}"
     assert "DIFFER" not in out
     assert "NOT MASKED" not in out
-    # the delay is measured and shown, but judged only by the demo itself: a test does not
-    # assert wall-clock time, so a delay over 5 s on a loaded machine is the one failure
-    # the exit code may report here
+    # the delay is measured and shown (--max-delay 0), not judged: a test asserts no
+    # wall-clock time; the demo's own default judges it against the seed's 5 s
     delays = {m["pipeline"]: m for m in map(_DELAY.match, out.splitlines()) if m}
     assert set(delays) == {p.name for p in config.pipelines}, context
     for m in delays.values():
         assert int(m["heartbeats"]) > 0, context
         assert m["dead"] == "0", context
     assert re.search(r"^daemon: exit code 0, 0 error line\(s\)", out, re.M), context
-    if proc.returncode != 0:
-        assert "RESULT: FAIL" in out, context
-        assert "MISSED" in out, context
-    else:
-        assert "RESULT: PASS" in out, context
+    assert "RESULT: PASS" in out, context
+    assert proc.returncode == 0, context

@@ -174,6 +174,12 @@ def test_latency_is_within_target_only_when_p99_is() -> None:
     assert fast.max == 4.9
     assert not slow.ok
     assert not latency("p", []).ok  # nothing measured is not a pass
+    assert not latency("p", [0.1] * 98 + [1.5, 1.5], target=1.0).ok
+
+
+def test_an_unjudged_latency_passes_once_measured() -> None:
+    assert latency("p", [0.1] * 98 + [60.0, 60.0], target=None).ok
+    assert not latency("p", [], target=None).ok
 
 
 def test_daemon_log_errors_and_warnings_are_counted_by_level() -> None:
