@@ -29,7 +29,7 @@ from replicator.health import HealthServer
 from replicator.masking import key_file_warnings, load_key
 from replicator.pipeline import Pipeline, State
 
-# a pipeline that streamed this long before failing starts its backoff afresh
+# a pipeline that ran this long before failing starts its backoff afresh
 _HEALTHY_RUN_SECONDS = 60.0
 
 
@@ -144,11 +144,11 @@ class Daemon:
             p.request_stop()
 
     async def _supervise(self, pipeline: Pipeline) -> None:
-        wait = wait_exponential_jitter(initial=1, max=60)
-        attempt = 0
+        backoff = RetryBackoff()
         log = self.log.bind(pipeline=pipeline.pipe.name)
         while not self._stopping.is_set():
             started = time.monotonic()
+            commits_before = pipeline.stats.commits
             try:
                 await pipeline.run()
                 return
@@ -168,14 +168,14 @@ class Daemon:
                         exc_info=None if isinstance(exc, psycopg.Error) else exc,
                     )
                     return
-                if time.monotonic() - started > _HEALTHY_RUN_SECONDS:
-                    attempt = 0
-                attempt += 1
-                delay = wait(_RetryState(attempt))
+                delay = backoff.after_failure(
+                    progressed=pipeline.stats.commits > commits_before,
+                    ran_for=time.monotonic() - started,
+                )
                 log.warning(
                     "pipeline_retry",
                     error=pipeline.stats.last_error,
-                    attempt=attempt,
+                    attempt=backoff.attempt,
                     delay_s=round(delay, 2),
                 )
                 with contextlib.suppress(TimeoutError):
@@ -230,6 +230,24 @@ class Daemon:
                 await health.stop()
         failed = [p for p in self.pipelines if p.stats.state is State.FAILED]
         return 1 if failed and len(failed) == len(self.pipelines) else 0
+
+
+class RetryBackoff:
+    """How long a failed pipeline waits before its next run: exponential with jitter,
+    from about a second up to a minute. A run that committed on the target, or ran for
+    a minute, reconnected for real: the outage it recovered from is over, and the next
+    one starts afresh. Only failures without progress in between (a database still
+    down) back off further."""
+
+    def __init__(self, *, initial: float = 1.0, maximum: float = 60.0) -> None:
+        self._wait = wait_exponential_jitter(initial=initial, max=maximum)
+        self.attempt = 0
+
+    def after_failure(self, *, progressed: bool, ran_for: float) -> float:
+        if progressed or ran_for > _HEALTHY_RUN_SECONDS:
+            self.attempt = 0
+        self.attempt += 1
+        return float(self._wait(_RetryState(self.attempt)))
 
 
 class _RetryState:
