@@ -284,10 +284,28 @@ def daemon(tmp_path: Path) -> Iterator[Any]:
             d.start()
         return d
 
+    make.started = started  # type: ignore[attr-defined]  # read by the report hook below
     yield make
     for d in started:
         if d.alive():
             d.kill()
+
+
+_LOG_TAIL_LINES = 80
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that ran daemons shows the end of their logs: a CI failure can then be
+    read from its output alone. The logs hold no unmasked values (see test_masking)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    make = getattr(item, "funcargs", {}).get("daemon")
+    for d in getattr(make, "started", ()):
+        lines = d.log_text().splitlines()[-_LOG_TAIL_LINES:]
+        report.sections.append((f"{d.log_path.name} (last {len(lines)} lines)", "\n".join(lines)))
 
 
 def wait_for_equal(
