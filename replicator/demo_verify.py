@@ -430,8 +430,8 @@ def measure_latency(
     judged against ``target`` seconds at p99 (None: not judged)."""
     out = []
     for pipe in config.pipelines:
-        target = heartbeat_target(pipe)
-        if target is None:
+        beats = heartbeat_target(pipe)
+        if beats is None:
             out.append(Latency(pipe.name, 0, None, None, None, target))
             continue
         with _connect(dsns[pipe.to]) as conn:
@@ -439,7 +439,7 @@ def measure_latency(
                 sql.SQL(
                     "SELECT extract(epoch FROM arrived_at - sent_at)::float8 FROM {}"
                     " WHERE sent_at >= %s"
-                ).format(sql.Identifier(target.schema, target.name)),
+                ).format(sql.Identifier(beats.schema, beats.name)),
                 [since],
             ).fetchall()
         out.append(latency(pipe.name, (r[0] for r in rows), target))
