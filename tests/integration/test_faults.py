@@ -11,7 +11,7 @@ import pytest
 
 from tests import workload
 from tests.plugins.pg import DbPair, wait_for_equal
-from tests.support import assert_stable, execute, scalar, wait_until
+from tests.support import execute, scalar, wait_until
 from tests.workload import LedgerWorkload
 
 EQUAL_TABLES = ["public.ledger", "public.acct"]
@@ -109,9 +109,12 @@ def _rss_kb(pid: int) -> int:
 
 @pytest.mark.slow
 def test_a_locked_target_table_stops_the_reading_not_the_memory(dbs, daemon):
+    rounds = 10
     execute(dbs.src, "CREATE TABLE big (id bigserial PRIMARY KEY, payload text)")
     execute(dbs.dst, "CREATE TABLE big (id bigint PRIMARY KEY, payload text)")
-    d = daemon(dbs.config([{"source": "big"}]))
+    # small buffers, so ten times their size shows the bound without a gigabyte of WAL
+    batch = {"queue_bytes": "4MB", "flush_bytes": "4MB"}
+    d = daemon(dbs.config([{"source": "big"}], pipeline={"batch": batch}))
     wait_until(lambda: streaming(dbs), timeout=60, reason="streaming")
     execute(
         dbs.src, "INSERT INTO big (payload) SELECT repeat('x', 200) FROM generate_series(1, 1000)"
@@ -121,14 +124,17 @@ def test_a_locked_target_table_stops_the_reading_not_the_memory(dbs, daemon):
     )
     before = _rss_kb(d.pid)
     peak = [before]
+    start = scalar(dbs.src, "SELECT pg_current_wal_lsn()")
 
-    def reported_write() -> str:
+    def reported_read() -> int:
+        """Bytes of WAL past ``start`` that the daemon reports it has received."""
         peak[0] = max(peak[0], _rss_kb(d.pid))
-        return str(
+        return int(
             scalar(
                 dbs.src,
-                "SELECT write_lsn FROM pg_stat_replication WHERE application_name = %s",
-                [f"replicator:{dbs.pipeline}"],
+                "SELECT pg_wal_lsn_diff(write_lsn, %s) FROM pg_stat_replication"
+                " WHERE application_name = %s",
+                [start, f"replicator:{dbs.pipeline}"],
             )
         )
 
@@ -136,26 +142,44 @@ def test_a_locked_target_table_stops_the_reading_not_the_memory(dbs, daemon):
     lock.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
     try:
         with psycopg.connect(dbs.src, autocommit=True) as conn:
-            # ~250 MB of changes arrive while the target cannot take any of them
-            for _ in range(25):
+            # ~100 MB of changes arrive while the target cannot take any of them
+            for _ in range(rounds):
                 conn.execute(
                     "INSERT INTO big (payload) SELECT repeat('y', 200)"
                     " FROM generate_series(1, 40000)"
                 )
-                reported_write()
-        # backpressure: with its queue full the daemon stops reading, so what it reports
-        # as received stands still (and so does its memory) while the lock holds
-        assert_stable(reported_write, seconds=5)
+                reported_read()
+            written = int(
+                conn.execute(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [start]
+                ).fetchone()[0]
+            )  # type: ignore[index]
+        # backpressure: once its queue is full the daemon stops reading, so what it
+        # reports as received comes to a standstill (and so does its memory) while the
+        # lock holds, far short of what the source wrote
+        samples = [reported_read()]
+
+        def stalled() -> bool:
+            samples.append(reported_read())
+            return samples[-1] == samples[-2] > 0  # it read some, then nothing more
+
+        # the daemon reports at least every 2.5 s here (a quarter of wal_sender_timeout),
+        # checked on a one-second tick: two equal samples 5 s apart are a standstill
+        wait_until(stalled, timeout=60, interval=5.0, reason="the daemon stops reading")
+        read = samples[-1]
+        print(f"read {read >> 20} MB of {written >> 20} MB, then stopped")
+        assert written - read > 40 * 1024 * 1024, f"read {read} of {written} bytes: no backpressure"
     finally:
         lock.rollback()
         lock.close()
-    total = 1000 + 25 * 40000
+    total = 1000 + rounds * 40000
     wait_until(
         lambda: scalar(dbs.dst, "SELECT count(*) FROM big") == total,
         timeout=240,
         reason="lag recovers once the lock goes",
     )
     growth_mb = (peak[0] - before) // 1024
+    print(f"RSS growth while blocked: {growth_mb} MB")
     assert growth_mb < 160, f"RSS grew by {growth_mb} MB while blocked"
     assert d.alive()
 
