@@ -15,7 +15,7 @@ its own turn.
 (a) one INSERT transaction of ``--rows`` rows, (b) one UPDATE transaction of every row.
     Timed from the source COMMIT until the target's replication-origin progress (read with
     ``pg_replication_origin_progress(origin, true)`` every 50 ms) reaches the source's
-    ``pg_current_wal_lsn()`` taken right after the commit. Then verified, untimed: row count
+    ``pg_current_wal_flush_lsn()`` taken right after the commit. Then verified, untimed: row count
     and a checksum of every row's text on both sides.
 (c) ``--txns`` single-row transactions from ``pgbench`` (8 clients; 80 % UPDATE of a random
     row, 20 % INSERT of a new one). CPU of the apply side (ours: the daemon process plus its
@@ -66,6 +66,7 @@ from psycopg import sql
 from replicator import localpg
 from replicator.config import BatchConfig, PipelineConfig
 from replicator.masking import compile_mask, parse_mask
+from replicator.pipeline import IDLE_RECORD_BYTES
 
 PIPELINE = "bench"
 OURS_ORIGIN = f"replicator_{PIPELINE}"
@@ -75,6 +76,11 @@ NATIVE_SUB = "bench_sub"
 DB_NATIVE = "bench_native"
 DB_OURS = "bench_ours"
 CLIENTS = 8
+# The source position a system must reach: the flushed end of WAL, not the inserted end.
+# Walsenders send only flushed WAL, and a record written after the commit but not yet
+# flushed (a standby snapshot on a partial page of a quiet server) would be a position
+# nobody can reach until something else flushes: a catch-up wait could hang for good.
+FLUSHED_LSN = "SELECT pg_current_wal_flush_lsn()::text"
 POLL_S = 0.05  # how often the target's origin progress is read while waiting
 PIDS_EVERY_S = 1.0  # how often the set of processes to meter is refreshed
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -385,11 +391,15 @@ class System:
         self, lsn: str, *, timeout: float, meters: Sequence[CpuMeter] = ()
     ) -> tuple[float, str]:
         """Block until the target holds everything up to ``lsn``; returns (monotonic time
-        seen, how). The target's origin progress is the signal; the flush position the
-        system reports to its walsender is a fallback (checked once a second) for when WAL
-        that is not a commit of ours ends the source's WAL, which no commit can reach."""
+        seen, how). The target's origin progress is the signal. When WAL that is no commit
+        of ours ends the source's WAL, no commit can reach it; two fallbacks, checked once
+        a second: the flush position the system reports to its walsender (native confirms
+        keepalive positions when idle), and for the daemon, which records an idle gap only
+        from IDLE_RECORD_BYTES up, "idle": the walsender has sent past ``lsn``, the gap
+        left is under that threshold and origin progress did not move for a second."""
         deadline = time.monotonic() + timeout
         next_feedback = time.monotonic() + 1.0
+        last_idle: object = None
         while True:
             if self.one(
                 self.dst,
@@ -407,6 +417,20 @@ class System:
                     [lsn, self.walsender_app],
                 ):
                     return time.monotonic(), "feedback"
+                idle = self.one(
+                    self.src,
+                    "SELECT bool_or(sent_lsn >= %s::pg_lsn) FROM pg_stat_replication"
+                    " WHERE application_name = %s",
+                    [lsn, self.walsender_app],
+                ) and self.one(
+                    self.dst,
+                    "SELECT p::text FROM pg_replication_origin_progress(%s, true) p"
+                    " WHERE pg_wal_lsn_diff(%s::pg_lsn, p) < %s",
+                    [self.origin, lsn, IDLE_RECORD_BYTES],
+                )
+                if idle and idle == last_idle:
+                    return time.monotonic(), "idle"
+                last_idle = idle
                 self.check_alive()
             if now >= deadline:
                 progress = self.one(
@@ -421,7 +445,7 @@ class System:
             time.sleep(POLL_S)
 
     def catch_up(self, timeout: float = 600) -> None:
-        lsn = self.one(self.src, "SELECT pg_current_wal_lsn()::text")
+        lsn = self.one(self.src, FLUSHED_LSN)
         self.wait_applied(lsn, timeout=timeout)
 
     def checksums(self, masked: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -647,7 +671,7 @@ def run_source_txn(system: System, statement: sql.Composable | str) -> tuple[flo
         conn.execute(statement)  # type: ignore[arg-type]
         committing = time.monotonic()
         conn.execute("COMMIT")
-        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        lsn = conn.execute(FLUSHED_LSN).fetchone()
     assert lsn is not None
     return committing - started, committing, lsn[0]
 
@@ -872,7 +896,7 @@ def pgbench(system: System, n: int, txns: int) -> dict[str, Any]:
         if proc.returncode != 0:
             raise BenchError(f"pgbench failed ({proc.returncode}):\n{out}\n{err}")
         pgbench_end = time.monotonic()
-        lsn = system.one(system.src, "SELECT pg_current_wal_lsn()::text")
+        lsn = system.one(system.src, FLUSHED_LSN)
         done, how = system.wait_applied(lsn, timeout=600, meters=(apply_cpu, wal_cpu))
         apply_s, wal_s = apply_cpu.stop(), wal_cpu.stop()
         dst_end = system.one(system.dst, "SELECT pg_current_wal_lsn()::text")

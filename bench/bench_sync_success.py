@@ -822,7 +822,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for w in writers:
                 w.join(60)
             writing_s = time.monotonic() - started
-            lsn_row = sconn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            # flushed, not inserted: walsenders send only flushed WAL (see bench_core)
+            lsn_row = sconn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
             assert lsn_row is not None
             caught = time.monotonic()
             done_by = wait_applied(sconn, dconn, daemon, lsn_row[0], args.catchup_timeout)
