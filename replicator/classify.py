@@ -53,8 +53,13 @@ def classify(exc: BaseException) -> Directive:
     if isinstance(exc, psycopg.Error):
         state = exc.sqlstate
         if state is None:
-            # no SQLSTATE: the client lost the connection or never got one
-            return Directive.RETRY if isinstance(exc, psycopg.OperationalError) else Directive.STOP
+            # No SQLSTATE: the error came from the client. An OperationalError is a lost or
+            # refused connection; a bare DatabaseError is an error result libpq made up
+            # itself ("server closed the connection unexpectedly" in the middle of a
+            # COPY or a pipeline). A fresh connection cures both. Other classes are our
+            # own misuse (a value psycopg cannot dump, a bad call): retrying repeats it.
+            lost = isinstance(exc, psycopg.OperationalError) or type(exc) is psycopg.DatabaseError
+            return Directive.RETRY if lost else Directive.STOP
         if state[:2] in _RETRY_CLASSES:
             return Directive.RETRY
         if state == "55006":  # object_in_use: "replication slot ... is active for PID ..."
