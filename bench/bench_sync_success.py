@@ -742,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dst.init().start()
         for cluster in (src, dst):
             with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
-                conn.execute(f"CREATE DATABASE {DB}")
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
             with psycopg.connect(cluster.conninfo(DB), autocommit=True) as conn:
                 conn.execute(DDL)
                 if cluster is dst:

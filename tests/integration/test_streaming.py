@@ -319,7 +319,13 @@ def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice(dbs, 
             time.sleep(rng.uniform(0.3, 1.5))
             d.kill()
             d.start()
-        time.sleep(1)
+        # the last restart, too, applies under load before the workload stops
+        before = scalar(dbs.dst, "SELECT count(*) FROM ledger")
+        wait_until(
+            lambda: scalar(dbs.dst, "SELECT count(*) FROM ledger") > before,
+            timeout=60,
+            reason="the restarted daemon applies again",
+        )
     finally:
         stop.set()
         for t in threads:
