@@ -29,12 +29,13 @@ import structlog
 
 from replicator import control, resync, slotwatch
 from replicator.apply import ApplyCounts, TargetSession
-from replicator.assembler import CHANGE_TAGS, Assembler, NonTransactional, TxnChunk, WorkItem
+from replicator.assembler import CHANGE_TAGS, Assembler, NonTransactional, TxnChunk
 from replicator.batching import TableBatch, TxnRef
 from replicator.catalog import read_source_relation, read_target_table
 from replicator.config import Config, PipelineConfig, QualifiedName
 from replicator.errors import MaskingError, ProtocolError, SchemaError, SlotError
 from replicator.feedback import Feedback
+from replicator.handoff import Handoff
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan, build_plan
 from replicator.protocol.decoder import PgOutputDecoder, decode_insert
@@ -95,7 +96,7 @@ class Pipeline:
         self._source: ReplicationConnection | None = None
         self._target: TargetSession | None = None
         self._feedback = Feedback()
-        self._queue: asyncio.Queue[WorkItem] = asyncio.Queue()
+        self._queue = Handoff(pipe.batch.queue_bytes)
         self._paused = False
         self._reader_failed: asyncio.Future[None] | None = None
         # applier state
@@ -217,7 +218,8 @@ class Pipeline:
 
     def _reset_session_state(self) -> None:
         self._feedback = Feedback()
-        self._queue = asyncio.Queue()
+        self._queue = Handoff(self.pipe.batch.queue_bytes)
+        self.stats.queue_bytes = 0
         self._paused = False
         self._plans.clear()
         self._relations.clear()
@@ -443,7 +445,6 @@ class Pipeline:
         )
         change_tags = CHANGE_TAGS
         last_start = 0
-        queued = 0
         for raw in frames:
             if raw[0] == 0x77 and len(raw) > _XLOGDATA_HEADER:  # 'w' XLogData: inlined, hot
                 last_start = _U64.unpack_from(raw, 1)[0]
@@ -453,8 +454,7 @@ class Pipeline:
                 else:
                     item = assembler.feed(decoder.decode(payload), Lsn(last_start), len(payload))
                 if item is not None:
-                    queue.put_nowait(item)
-                    queued += _item_bytes(item)
+                    queue.put(item)
                     if self.stats.pending_since is None:
                         self.stats.pending_since = time.time()
                 continue
@@ -468,8 +468,8 @@ class Pipeline:
         if last_start:
             feedback.on_data(Lsn(last_start))
         self.stats.received_lsn = feedback.received
-        self.stats.queue_bytes += queued
-        if self.stats.queue_bytes > self.pipe.batch.queue_bytes:
+        self.stats.queue_bytes = queue.nbytes
+        if queue.full:
             self._pause_reader()  # backpressure: resumed by the applier
         elif len(frames) == _READ_LIMIT:
             asyncio.get_running_loop().call_soon(self._on_readable)
@@ -530,17 +530,17 @@ class Pipeline:
                     self.stats.pending_since = None
                     await self._maybe_record_idle(target)
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout=_STATUS_TICK)
+                    item = await self._queue.take(_STATUS_TICK)
                 except TimeoutError:
                     continue
             else:
-                item = self._queue.get_nowait()
+                item = self._queue.take_nowait()
             if not self._unpaused.is_set() and not self._mid_txn and not self._stop.is_set():
                 await self._pause(target)  # paused while we waited: hold this item till resumed
-            self.stats.queue_bytes -= _item_bytes(item)
+            self.stats.queue_bytes = self._queue.nbytes
             if self._syncs:
                 await self._wait_for_copies()
-            if self._paused and self.stats.queue_bytes < batch_cfg.queue_bytes // 2:
+            if self._paused and self._queue.drained:
                 self._resume_reader()
             if isinstance(item, NonTransactional):
                 # a heartbeat (or any message outside a transaction): everything before it
@@ -836,10 +836,6 @@ class Pipeline:
         self._feedback.on_committed(candidate)
         self.stats.applied_lsn = candidate
         self._unrecorded = INVALID_LSN
-
-
-def _item_bytes(item: WorkItem) -> int:
-    return item.nbytes if isinstance(item, TxnChunk) else 64
 
 
 def _pg_us_to_unix(us: int) -> float:

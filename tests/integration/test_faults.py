@@ -184,6 +184,60 @@ def test_a_locked_target_table_stops_the_reading_not_the_memory(dbs, daemon):
     assert d.alive()
 
 
+def _received(dbs: DbPair) -> int:
+    """What the daemon reports it has received (write_lsn), as a byte position."""
+    return int(
+        scalar(
+            dbs.src,
+            "SELECT pg_wal_lsn_diff(write_lsn, '0/0') FROM pg_stat_replication"
+            " WHERE application_name = %s",
+            [f"replicator:{dbs.pipeline}"],
+        )
+        or 0
+    )
+
+
+@pytest.mark.slow
+def test_a_failure_with_a_full_queue_does_not_stop_the_next_session_reading(dbs, daemon):
+    """Regression (issue 11.10/11.11): the queue's byte count outlived a failed session,
+    so after a target outage with a full queue the reader saw it full forever, stopped
+    reading and never said so; the last transactions never arrived."""
+    execute(dbs.src, "CREATE TABLE big (id bigserial PRIMARY KEY, payload text)")
+    execute(dbs.dst, "CREATE TABLE big (id bigint PRIMARY KEY, payload text)")
+    batch = {"queue_bytes": "64kB", "flush_bytes": "64kB"}
+    daemon(dbs.config([{"source": "big"}], pipeline={"batch": batch}))
+    wait_until(lambda: streaming(dbs), timeout=60, reason="streaming")
+    insert = "INSERT INTO big (payload) SELECT repeat('y', 200) FROM generate_series(1, {})"
+    lock = psycopg.connect(dbs.dst)
+    lock.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
+    try:
+        execute(dbs.src, insert.format(20000))  # ~5 MB: far more than the queue may hold
+        samples = [_received(dbs)]
+
+        def stalled() -> bool:
+            samples.append(_received(dbs))
+            return samples[-1] == samples[-2] > 0
+
+        # the queue is full and the reader has stopped (see the locked-target test)
+        wait_until(stalled, timeout=60, interval=5.0, reason="the daemon stops reading")
+        # the target goes away under the full queue: the pipeline fails and starts over
+        scalar(
+            dbs.dst,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            [f"replicator:{dbs.pipeline}:apply"],
+        )
+    finally:
+        lock.rollback()
+        lock.close()
+    execute(dbs.src, insert.format(100))
+    wait_until(
+        lambda: scalar(dbs.dst, "SELECT count(*) FROM big") == 20100,
+        timeout=120,
+        reason="every row arrives after the failed session",
+    )
+
+
 @pytest.mark.slow
 def test_an_idle_source_among_busy_databases_keeps_its_slot_small(dbs, daemon):
     execute(dbs.src, "CREATE TABLE quiet (id int PRIMARY KEY)")
