@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
-from replicator.mapping import TablePlan
+from replicator.mapping import ForeignKeyRef, TablePlan, TruncateFacts
 from replicator.preflight.findings import Finding
 
 # --- pure rules: server settings --------------------------------------------------------
@@ -197,6 +197,39 @@ def slot_findings(
             )
         )
     return out
+
+
+# --- pure rules: the initial copy's truncate ---------------------------------------------
+
+
+def copy_truncate_findings(
+    db: str, pipe: str, tables: list[QualifiedName], facts: TruncateFacts
+) -> list[Finding]:
+    """``snapshot = 'truncate'`` empties the pipeline's target tables in one TRUNCATE; a
+    table referenced by a foreign key from a table outside the pipeline cannot be in it
+    (PostgreSQL refuses, and a CASCADE would empty a table the pipeline does not own)."""
+    _, blocked = facts.split(tables)
+    mapped = set(tables)
+    return [
+        copy_truncate_finding(db, pipe, ref)
+        for ref in blocked.values()
+        if ref.table not in mapped  # the others follow from these
+    ]
+
+
+def copy_truncate_finding(db: str, pipe: str, ref: ForeignKeyRef) -> Finding:
+    return Finding(
+        "error",
+        "foreign_key",
+        f"{db}:{ref.references}",
+        f"the initial copy (snapshot = 'truncate') empties this table, but constraint "
+        f"{ref.constraint} on {ref.table}, a table this pipeline does not map, references "
+        "it: PostgreSQL refuses that TRUNCATE",
+        f"add {ref.table} to pipeline {pipe!r} (its rows are then copied too), or set "
+        "snapshot = 'merge' on the pipeline (the copy merges into the rows there), or drop "
+        f"constraint {ref.constraint}",
+        pipe,
+    )
 
 
 # --- pure rules: replica identity and publication ---------------------------------------
