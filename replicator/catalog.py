@@ -42,9 +42,9 @@ SELECT a.attname,
 
 # Which of these types compare with ``=`` (and so IS [NOT] DISTINCT FROM): those with a
 # default btree or hash operator class, as PostgreSQL's type cache finds it (the type's
-# own, a binary-coercible one's, or the polymorphic one of an enum, range or multirange).
-# An array compares through its element type, a composite through its fields' types, a
-# domain through its base type: all must have one.
+# own, that of a type it is implicitly binary-coercible to, or the polymorphic one of an
+# enum, range or multirange). An array compares through its element type, a composite
+# through its fields' types, a domain through its base type: all must have one.
 _EQUALITY_SQL = """
 WITH RECURSIVE tree(root, typ) AS (
     SELECT t, t FROM unnest(%(types)s::oid[]) AS t
@@ -78,7 +78,7 @@ SELECT tree.root,
                               WHEN 'm' THEN 'pg_catalog.anymultirange'::regtype END
                        OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast c
                                    WHERE c.castsource = ty.oid AND c.casttarget = oc.opcintype
-                                     AND c.castmethod = 'b'))))
+                                     AND c.castmethod = 'b' AND c.castcontext = 'i'))))
   FROM tree JOIN pg_catalog.pg_type ty ON ty.oid = tree.typ
  GROUP BY tree.root
 """

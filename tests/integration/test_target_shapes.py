@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+from replicator.catalog import read_target_table
+from replicator.config import QualifiedName
 from tests.integration.test_check import check, only_error
 from tests.plugins.pg import DbPair, run_cli, wait_for_equal
 from tests.support import execute, scalar, wait_until
@@ -234,3 +237,27 @@ def test_full_identity_rows_with_jsonpath_and_json_update_and_delete(dbs, daemon
     wait_rows_equal(dbs, "docs")
     assert scalar(dbs.dst, "SELECT count(*) FROM docs") == 1
     assert d.alive()
+
+
+def test_catalog_tells_which_column_types_compare_with_equals(dbs: DbPair):
+    execute(
+        dbs.dst,
+        "CREATE TYPE mood AS ENUM ('a', 'b')",
+        "CREATE TYPE good AS (n int, t text)",
+        "CREATE TYPE bad AS (n int, j json)",
+        "CREATE DOMAIN doc AS json",
+        "CREATE DOMAIN num AS numeric CHECK (VALUE > 0)",
+        "CREATE TABLE t (i int, v varchar(5), m mood, r int4range, g good, ia int[],"
+        " jb jsonb, n num, ts timestamptz, x xid,"
+        " j json, p jsonpath, pa jsonpath[], x2 xml, pt point, b bad, ba bad[], d doc)",
+    )
+
+    async def read() -> dict[str, bool]:
+        async with await psycopg.AsyncConnection.connect(dbs.dst) as conn:
+            table = await read_target_table(conn, QualifiedName("public", "t"))
+        return {c.name: c.has_equality for c in table.columns.values()}
+
+    got = asyncio.run(read())
+    with_eq = {"i", "v", "m", "r", "g", "ia", "jb", "n", "ts", "x"}
+    assert {c for c, eq in got.items() if eq} == with_eq
+    assert {c for c, eq in got.items() if not eq} == {"j", "p", "pa", "x2", "pt", "b", "ba", "d"}
