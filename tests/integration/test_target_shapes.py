@@ -78,7 +78,7 @@ def test_fk_pair_takes_the_first_copy_and_a_source_truncate_of_both(dbs, daemon)
 def test_source_truncate_of_a_table_the_target_references_from_outside_it_deletes(dbs, daemon):
     # the source has no FK, so it truncates the parent alone; on the target a table the
     # truncate does not name (mapped, here) references it: its rows stay, as on the source
-    both(dbs, "CREATE TABLE parent (id int PRIMARY KEY, v text)")
+    both(dbs, "CREATE TABLE parent (id int PRIMARY KEY, v text, s serial)")
     execute(dbs.src, "CREATE TABLE child (id int PRIMARY KEY, parent_id int, v text)")
     execute(dbs.dst, FK_PAIR[1])
     execute(
@@ -88,9 +88,12 @@ def test_source_truncate_of_a_table_the_target_references_from_outside_it_delete
     )
     d = daemon(dbs.config([{"source": "parent"}, {"source": "child"}]))
     wait_until(lambda: streaming(dbs), timeout=60, reason="initial copy done")
-    execute(dbs.src, "TRUNCATE parent", "INSERT INTO parent VALUES (5, 'new')")
+    execute(dbs.dst, "SELECT setval('parent_s_seq', 50)")
+    execute(dbs.src, "TRUNCATE parent RESTART IDENTITY", "INSERT INTO parent VALUES (5, 'new')")
     wait_for_equal(dbs.src, dbs.dst, ["public.parent", "public.child"])
     assert scalar(dbs.dst, "SELECT count(*) FROM child") == 20
+    # RESTART IDENTITY still restarts the target's own sequence
+    assert scalar(dbs.dst, "SELECT (last_value, is_called)::text FROM parent_s_seq") == "(1,f)"
     assert d.alive()
     assert '"truncate_as_delete"' in d.log_text()
 
