@@ -135,7 +135,9 @@ class Startup:
         """Refuse, as `check` does, a first copy whose TRUNCATE PostgreSQL would refuse."""
         targets = [plan.target.name for plan in self.plans.values()]
         facts = await truncate_facts(self.target.conn, targets)
-        problems = copy_truncate_findings(self.pipe.to, self.pipe.name, targets, facts)
+        problems = copy_truncate_findings(
+            self.pipe.to, self.pipe.name, targets, facts, copying=True
+        )
         if problems:
             raise SchemaError("\n".join(f"{f.obj}: {f.message}. Fix: {f.fix}" for f in problems))
 

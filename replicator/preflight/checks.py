@@ -370,10 +370,13 @@ class Preflight:
                         pipe.name,
                     )
                 )
-        if dst is not None and pipe.snapshot == "truncate" and not await self._has_run(dst, pipe):
+        if dst is not None:
+            copying = pipe.snapshot == "truncate" and not await self._has_run(dst, pipe)
             targets = [t.target_name for t in pipe.tables]
             facts = await truncate_facts(dst.conn, targets)
-            self.report.extend(copy_truncate_findings(pipe.to, pipe.name, targets, facts))
+            self.report.extend(
+                copy_truncate_findings(pipe.to, pipe.name, targets, facts, copying=copying)
+            )
         if pub is not None:
             extra = published - {t.source for t in pipe.tables}
             if extra and not pub["puballtables"]:

@@ -203,17 +203,30 @@ def slot_findings(
 
 
 def copy_truncate_findings(
-    db: str, pipe: str, tables: list[QualifiedName], facts: TruncateFacts
+    db: str, pipe: str, tables: list[QualifiedName], facts: TruncateFacts, *, copying: bool
 ) -> list[Finding]:
     """``snapshot = 'truncate'`` empties the pipeline's target tables in one TRUNCATE; a
     table referenced by a foreign key from a table outside the pipeline cannot be in it
-    (PostgreSQL refuses, and a CASCADE would empty a table the pipeline does not own)."""
+    (PostgreSQL refuses, and a CASCADE would empty a table the pipeline does not own):
+    an error while that copy is ahead (``copying``). Otherwise only a source TRUNCATE
+    meets it, and is applied as a delete: a warning."""
     _, blocked = facts.split(tables)
     mapped = set(tables)
+    outside = [ref for ref in blocked.values() if ref.table not in mapped]  # the others follow
+    if copying:
+        return [copy_truncate_finding(db, pipe, ref) for ref in outside]
     return [
-        copy_truncate_finding(db, pipe, ref)
-        for ref in blocked.values()
-        if ref.table not in mapped  # the others follow from these
+        Finding(
+            "warning",
+            "foreign_key",
+            f"{db}:{ref.references}",
+            f"constraint {ref.constraint} on {ref.table}, a table this pipeline does not map, "
+            "references this table: a source TRUNCATE of it is applied as a DELETE of its "
+            f"rows, and the rows of {ref.table} that reference them stay",
+            f"add {ref.table} to pipeline {pipe!r}, or accept those rows",
+            pipe,
+        )
+        for ref in outside
     ]
 
 

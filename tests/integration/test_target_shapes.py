@@ -115,11 +115,15 @@ def test_check_refuses_a_copy_that_would_truncate_a_table_an_unmapped_one_refere
     res = run_cli("run", "-c", str(tmp_path / "check.toml"))
     assert res.returncode == 1
     assert "notes_parent_id_fkey" in res.stdout + res.stderr
-    # with a merge the target keeps its rows: nothing to refuse
+    # with a merge the target keeps its rows: nothing to refuse, but a source TRUNCATE
+    # would leave the rows of notes without theirs
     code, report, text = check(
         tmp_path, dbs.config([{"source": "parent"}], pipeline={"snapshot": "merge"})
     )
     assert code == 0, text
+    (warning,) = [f for f in report["findings"] if f["check"] == "foreign_key"]
+    assert warning["severity"] == "warning"
+    assert "notes_parent_id_fkey" in warning["message"]
 
 
 # --- partitions --------------------------------------------------------------------------
