@@ -22,23 +22,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psycopg
+import structlog
 from psycopg import AsyncConnection, sql
-from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 from replicator import sqlgen
 from replicator.batching import UPDATE, Entry, TableBatch
+from replicator.catalog import owned_sequences, truncate_facts
 from replicator.classify import Directive, classify
 from replicator.config import QualifiedName
+from replicator.connect import target_conninfo
 from replicator.errors import describe_error
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan
 from replicator.protocol.messages import UNCHANGED_TOAST, Begin, Datum, pg_timestamp_to_datetime
 
-# Text input pinned like the source's output, so values parse the same everywhere.
-TARGET_OPTIONS = (
-    "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c lc_monetary=C"
-)
+_log = structlog.get_logger("replicator")
 
 
 @dataclass(slots=True)
@@ -62,21 +61,6 @@ class ApplyCounts:
         c[0] += ins
         c[1] += upd
         c[2] += dele
-
-
-def target_conninfo(dsn: str, application_name: str) -> str:
-    return make_conninfo(
-        dsn,
-        options=TARGET_OPTIONS,
-        application_name=application_name,
-        client_encoding="UTF8",
-        keepalives="1",
-        keepalives_idle="10",
-        keepalives_interval="5",
-        keepalives_count="3",
-        tcp_user_timeout="30000",
-        connect_timeout="15",
-    )
 
 
 class TargetSession:
@@ -391,8 +375,35 @@ class TargetSession:
         counts.add(plan.target.name, 0, cur.rowcount, 0)
 
     async def truncate(self, tables: Sequence[QualifiedName], *, restart_identity: bool) -> None:
+        """Empty ``tables`` in the open transaction, as PostgreSQL's apply replays a
+        TRUNCATE: one statement for them all (foreign keys among them do not stop it),
+        a partitioned table with its partitions, never a CASCADE to other tables.
+
+        A table referenced from a table outside that statement cannot be truncated; where
+        the apply would stop for good, its rows are deleted instead (no foreign key action
+        fires in this session), which leaves the target as the source: the referencing
+        rows stay, as they did where the source truncated."""
         await self.begin()
-        await self.conn.execute(sqlgen.truncate(tables, restart_identity=restart_identity))
+        facts = await truncate_facts(self.conn, tables)
+        together, blocked = facts.split(tables)
+        if together:
+            await self.conn.execute(
+                sqlgen.truncate(
+                    together, restart_identity=restart_identity, partitioned=facts.partitioned
+                )
+            )
+        for name, ref in blocked.items():
+            _log.warning(
+                "truncate_as_delete",
+                pipeline=self.pipeline,
+                table=str(name),
+                constraint=ref.constraint,
+                referenced_by=str(ref.table),
+            )
+            await self.conn.execute(sqlgen.delete_all(name, partitioned=facts.partitioned))
+            if restart_identity:
+                for seq in await owned_sequences(self.conn, name):
+                    await self.conn.execute(sqlgen.restart_sequence(seq))
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,11 +5,13 @@ I/O, read-only. Queries take names as parameters; no SQL is built from them here
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from psycopg import AsyncConnection
 
 from replicator.config import QualifiedName
 from replicator.errors import SchemaError
-from replicator.mapping import TargetColumn, TargetTable
+from replicator.mapping import ForeignKeyRef, TargetColumn, TargetTable, TruncateFacts
 from replicator.protocol.messages import REPLICA_IDENTITY_KEY_FLAG, Column, Relation
 
 # Columns of one table with their base types (domains resolved, recursively), and
@@ -25,7 +27,7 @@ WITH RECURSIVE base(col, typ, depth) AS (
      WHERE t.typtype = 'd'
 )
 SELECT a.attname,
-       bn.nspname, bt.typname, bt.typcategory,
+       bn.nspname, bt.typname, bt.typcategory, bt.oid,
        a.attnotnull, a.attgenerated <> '',
        CASE WHEN a.atttypid IN ('pg_catalog.varchar'::regtype, 'pg_catalog.bpchar'::regtype)
              AND a.atttypmod > 4 THEN a.atttypmod - 4 END
@@ -36,6 +38,49 @@ SELECT a.attname,
   JOIN pg_catalog.pg_namespace bn ON bn.oid = bt.typnamespace
  WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY a.attnum
+"""
+
+# Which of these types compare with ``=`` (and so IS [NOT] DISTINCT FROM): those with a
+# default btree or hash operator class, as PostgreSQL's type cache finds it (the type's
+# own, that of a type it is implicitly binary-coercible to, or the polymorphic one of an
+# enum, range or multirange). An array compares through its element type, a composite
+# through its fields' types, a domain through its base type: all must have one.
+_EQUALITY_SQL = """
+WITH RECURSIVE tree(root, typ) AS (
+    SELECT t, t FROM unnest(%(types)s::oid[]) AS t
+  UNION
+    SELECT tree.root, sub.typ
+      FROM tree
+      JOIN pg_catalog.pg_type ty ON ty.oid = tree.typ
+     CROSS JOIN LATERAL (
+            SELECT ty.typbasetype WHERE ty.typtype = 'd'
+          UNION ALL
+            SELECT ty.typelem
+             WHERE ty.typsubscript = 'pg_catalog.array_subscript_handler'::regproc
+          UNION ALL
+            SELECT a.atttypid FROM pg_catalog.pg_attribute a
+             WHERE ty.typtype = 'c' AND a.attrelid = ty.typrelid AND a.attnum > 0
+               AND NOT a.attisdropped
+         ) AS sub(typ)
+)
+SELECT tree.root,
+       bool_and(
+           ty.typtype IN ('d', 'c')
+           OR ty.typsubscript = 'pg_catalog.array_subscript_handler'::regproc
+           OR EXISTS (
+               SELECT 1 FROM pg_catalog.pg_opclass oc
+                 JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod
+                WHERE oc.opcdefault AND am.amname IN ('btree', 'hash')
+                  AND (oc.opcintype = ty.oid
+                       OR oc.opcintype = CASE ty.typtype
+                              WHEN 'e' THEN 'pg_catalog.anyenum'::regtype
+                              WHEN 'r' THEN 'pg_catalog.anyrange'::regtype
+                              WHEN 'm' THEN 'pg_catalog.anymultirange'::regtype END
+                       OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast c
+                                   WHERE c.castsource = ty.oid AND c.casttarget = oc.opcintype
+                                     AND c.castmethod = 'b' AND c.castcontext = 'i'))))
+  FROM tree JOIN pg_catalog.pg_type ty ON ty.oid = tree.typ
+ GROUP BY tree.root
 """
 
 # Unique indexes that ON CONFLICT can infer: valid, immediate, not partial, plain columns.
@@ -69,17 +114,21 @@ async def read_target_table(conn: AsyncConnection, name: QualifiedName) -> Targe
     if oid is None:
         raise SchemaError(f"target table {name} does not exist")
     cur = await conn.execute(_COLUMNS_SQL, {"oid": oid})
+    found = await cur.fetchall()
+    cur = await conn.execute(_EQUALITY_SQL, {"types": list({r[4] for r in found})})
+    equality = dict(await cur.fetchall())
     columns = {
         r[0]: TargetColumn(
             name=r[0],
             type_schema=r[1],
             type_name=r[2],
             type_category=r[3],
-            not_null=r[4],
-            generated=r[5],
-            max_chars=r[6],
+            has_equality=bool(equality.get(r[4])),
+            not_null=r[5],
+            generated=r[6],
+            max_chars=r[7],
         )
-        for r in await cur.fetchall()
+        for r in found
     }
     cur = await conn.execute(_UNIQUE_SQL, {"oid": oid})
     uniques = await cur.fetchall()
@@ -122,3 +171,85 @@ async def read_source_relation(conn: AsyncConnection, name: QualifiedName) -> Re
         for _, _, attname, typid, typmod, is_key in rows
     )
     return Relation(None, oid, name.schema, name.name, identity, columns)
+
+
+# --- what a TRUNCATE of some target tables runs into ---------------------------------------
+
+# Every foreign key that references one of the tables or, for a partitioned one, one of
+# its partitions (TRUNCATE of a partitioned table takes them all): the constraint's name as
+# declared (a partition's copy named after its root constraint), the referencing table
+# (the listed table it belongs to, if it is one of them or one of their partitions) and
+# the listed table referenced.
+_TRUNCATE_SQL = """
+WITH RECURSIVE listed(top, rel) AS (
+    SELECT c.oid, c.oid
+      FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS q(nsp, rel)
+      JOIN pg_catalog.pg_namespace n ON n.nspname = q.nsp
+      JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = q.rel
+  UNION
+    SELECT listed.top, i.inhrelid
+      FROM listed
+      JOIN pg_catalog.pg_class p ON p.oid = listed.rel AND p.relkind = 'p'
+      JOIN pg_catalog.pg_inherits i ON i.inhparent = listed.rel
+), fk(conname, parent, conrelid, confrelid) AS (
+    SELECT c.conname, c.conparentid, c.conrelid, c.confrelid
+      FROM pg_catalog.pg_constraint c
+     WHERE c.contype = 'f' AND c.confrelid IN (SELECT rel FROM listed)
+  UNION ALL
+    SELECT p.conname, p.conparentid, fk.conrelid, fk.confrelid
+      FROM fk JOIN pg_catalog.pg_constraint p ON p.oid = fk.parent
+)
+SELECT DISTINCT fk.conname, an.nspname, ac.relname, bn.nspname, bc.relname
+  FROM fk
+  JOIN listed b ON b.rel = fk.confrelid
+  LEFT JOIN listed a ON a.rel = fk.conrelid
+  JOIN pg_catalog.pg_class ac ON ac.oid = coalesce(a.top, fk.conrelid)
+  JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace
+  JOIN pg_catalog.pg_class bc ON bc.oid = b.top
+  JOIN pg_catalog.pg_namespace bn ON bn.oid = bc.relnamespace
+ WHERE fk.parent = 0
+ ORDER BY 1, 2, 3, 4, 5
+"""
+
+_PARTITIONED_SQL = """
+SELECT n.nspname, c.relname
+  FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS q(nsp, rel)
+  JOIN pg_catalog.pg_namespace n ON n.nspname = q.nsp
+  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = q.rel
+ WHERE c.relkind = 'p'
+"""
+
+# sequences a TRUNCATE ... RESTART IDENTITY of the table would restart (serial, identity)
+_OWNED_SEQUENCES_SQL = """
+SELECT sn.nspname, s.relname
+  FROM pg_catalog.pg_depend d
+  JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+  JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+ WHERE d.classid = 'pg_catalog.pg_class'::regclass
+   AND d.refclassid = 'pg_catalog.pg_class'::regclass
+   AND d.refobjid = %(oid)s AND d.deptype IN ('a', 'i')
+ ORDER BY 1, 2
+"""
+
+
+def _names(tables: Sequence[QualifiedName]) -> dict[str, list[str]]:
+    return {"schemas": [t.schema for t in tables], "names": [t.name for t in tables]}
+
+
+async def truncate_facts(conn: AsyncConnection, tables: Sequence[QualifiedName]) -> TruncateFacts:
+    cur = await conn.execute(_PARTITIONED_SQL, _names(tables))
+    partitioned = frozenset(QualifiedName(s, n) for s, n in await cur.fetchall())
+    cur = await conn.execute(_TRUNCATE_SQL, _names(tables))
+    refs = tuple(
+        ForeignKeyRef(con, QualifiedName(a_s, a_n), QualifiedName(b_s, b_n))
+        for con, a_s, a_n, b_s, b_n in await cur.fetchall()
+    )
+    return TruncateFacts(partitioned, refs)
+
+
+async def owned_sequences(conn: AsyncConnection, name: QualifiedName) -> list[QualifiedName]:
+    oid = await table_oid(conn, name)
+    if oid is None:
+        return []
+    cur = await conn.execute(_OWNED_SEQUENCES_SQL, {"oid": oid})
+    return [QualifiedName(s, n) for s, n in await cur.fetchall()]

@@ -19,9 +19,9 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
-from replicator.apply import target_conninfo
 from replicator.catalog import read_target_table
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
+from replicator.connect import target_conninfo
 from replicator.errors import describe_error
 
 

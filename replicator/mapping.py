@@ -21,11 +21,6 @@ from replicator.errors import MaskingError, SchemaError
 from replicator.masking import MaskFn, MaskSpec, compile_mask, resolve_masks
 from replicator.protocol.messages import BinaryDatum, Column, Datum, Relation, TupleData
 
-# Types whose values have no default equality operator; rows are matched on their text.
-NO_EQUALITY_TYPES: Final = frozenset(
-    {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}
-)
-
 
 @dataclass(frozen=True, slots=True)
 class TargetColumn:
@@ -36,11 +31,9 @@ class TargetColumn:
     generated: bool
     max_chars: int | None  # varchar(n)/char(n) limit, for mask fit checks
     type_category: str  # pg_type.typcategory of the base type ('S' = string)
-
-    @property
-    def has_equality(self) -> bool:
-        base = self.type_name.removeprefix("_")
-        return base not in NO_EQUALITY_TYPES
+    # the base type has a default equality operator (catalog.py asks the server); rows
+    # are matched on the text of the others (json, jsonpath, xml, point, ...)
+    has_equality: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +45,43 @@ class TargetTable:
     columns: Mapping[str, TargetColumn]
     unique_keys: tuple[frozenset[str], ...]  # column sets of usable unique indexes
     primary_key: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignKeyRef:
+    """Constraint ``constraint`` on ``table`` references ``references``."""
+
+    constraint: str
+    table: QualifiedName
+    references: QualifiedName
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateFacts:
+    partitioned: frozenset[QualifiedName]
+    references: tuple[ForeignKeyRef, ...]
+
+    def split(
+        self, tables: Sequence[QualifiedName]
+    ) -> tuple[list[QualifiedName], dict[QualifiedName, ForeignKeyRef]]:
+        """The tables one TRUNCATE can take together, and those it cannot, each with a
+        constraint from a table outside that TRUNCATE (PostgreSQL refuses to truncate a
+        table referenced from a table it does not truncate too). Leaving a table out can
+        leave out what it references in turn: repeated until nothing changes."""
+        keep = list(dict.fromkeys(tables))
+        blocked: dict[QualifiedName, ForeignKeyRef] = {}
+        while True:
+            inside = set(keep)
+            found = {
+                ref.references: ref
+                for ref in reversed(self.references)
+                if ref.references in inside and ref.table not in inside
+            }
+            if not found:
+                return keep, blocked
+            for name, ref in found.items():
+                blocked.setdefault(name, ref)
+            keep = [t for t in keep if t not in found]
 
 
 ApplyMode = Literal["keyed", "full_row", "insert_only"]

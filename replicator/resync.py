@@ -29,6 +29,7 @@ from psycopg import AsyncConnection
 
 from replicator import control
 from replicator.config import Config, PipelineConfig
+from replicator.connect import connect_source
 from replicator.errors import SchemaError
 from replicator.lsn import Lsn
 from replicator.mapping import TablePlan
@@ -86,7 +87,7 @@ async def copy_table(
     src_dsn = config.databases[pipe.from_].dsn.secret_value
     dst_dsn = config.databases[pipe.to].dsn.secret_value
     log = structlog.get_logger("replicator").bind(pipeline=pipe.name, table=str(sync.plan.source))
-    async with await AsyncConnection.connect(src_dsn, autocommit=True) as src:
+    async with await connect_source(src_dsn, f"replicator:{pipe.name}:resync") as src:
         await check_published(src, pipe, sync.plan)
         cur = await src.execute(
             "SELECT relkind = 'p' FROM pg_catalog.pg_class WHERE oid = %s", [sync.plan.relation_id]

@@ -33,6 +33,7 @@ from replicator.apply import ApplyCounts, TargetSession
 from replicator.batching import TableBatch, TxnRef
 from replicator.classify import Directive, classify
 from replicator.config import QualifiedName
+from replicator.connect import connect_source
 from replicator.errors import SchemaError
 from replicator.lsn import Lsn
 from replicator.mapping import TablePlan
@@ -263,7 +264,7 @@ class CopyWorker:
     async def open(
         cls, src_dsn: str, target_dsn: str, *, origin: str, name: str, pipeline: str
     ) -> CopyWorker:
-        src = await AsyncConnection.connect(src_dsn, autocommit=True, application_name=name)
+        src = await connect_source(src_dsn, name)
         try:
             async with await AsyncConnection.connect(target_dsn, autocommit=True) as admin:
                 # the worker's writes are tagged with its own origin (a session can hold
@@ -348,9 +349,7 @@ class CopyWorker:
                 )
             await target.begin()
             if truncate_first:
-                await target.conn.execute(
-                    sql.SQL("TRUNCATE ONLY {}").format(sqlgen.table_ident(plan.target.name))
-                )
+                await target.truncate([plan.target.name], restart_identity=False)
             if merge:
                 rows, nbytes = await self._merge(plan, rng, partitioned, on_rows, snapshot_lsn)
             else:

@@ -20,7 +20,7 @@ Pure: builds statements and bytes, never executes anything.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Final
 
 from psycopg import sql
@@ -101,6 +101,16 @@ def _k(i: int) -> sql.Identifier:
 
 def _c(i: int) -> sql.Identifier:
     return sql.Identifier(f"c{i}")
+
+
+def _distinct(
+    plan: TablePlan, pos: int, left: sql.Composable, right: sql.Composable
+) -> sql.Composable:
+    """``left IS DISTINCT FROM right`` for column ``pos``; on the text of a type without a
+    default equality operator (json, jsonpath, ...), which has no ``=`` to call."""
+    if plan.equality[pos]:
+        return sql.SQL("{} IS DISTINCT FROM {}").format(left, right)
+    return sql.SQL("{}::text IS DISTINCT FROM {}::text").format(left, right)
 
 
 def _type(schema: str, name: str) -> sql.Identifier:
@@ -278,8 +288,11 @@ def update_from_stage(
                 rows=group_rows,
                 match=match,
                 differ=sql.SQL(" OR ").join(
-                    sql.SQL("t.{} IS DISTINCT FROM s.{}").format(
-                        sql.Identifier(plan.columns[i]), _c(i)
+                    _distinct(
+                        plan,
+                        i,
+                        sql.SQL("t.{}").format(sql.Identifier(plan.columns[i])),
+                        sql.SQL("s.{}").format(_c(i)),
                     )
                     for i in one_way
                 ),
@@ -365,7 +378,12 @@ def on_conflict(plan: TablePlan) -> sql.Composable:
             for c in others
         )
         differ = sql.SQL(" OR ").join(
-            sql.SQL("t.{0} IS DISTINCT FROM EXCLUDED.{0}").format(sql.Identifier(c))
+            _distinct(
+                plan,
+                plan.columns.index(c),
+                sql.SQL("t.{}").format(sql.Identifier(c)),
+                sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)),
+            )
             for c in sorted(one_way)
         )
         return sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {} WHERE {} OR {}").format(
@@ -467,11 +485,39 @@ def copy_direct(plan: TablePlan) -> sql.Composed:
     )
 
 
-def truncate(tables: Sequence[QualifiedName], *, restart_identity: bool) -> sql.Composed:
-    return sql.SQL("TRUNCATE ONLY {}{}").format(
-        sql.SQL(", ").join(table_ident(t) for t in tables),
+def _only(table: QualifiedName, partitioned: Collection[QualifiedName]) -> sql.Composable:
+    """``ONLY t``, as PostgreSQL's apply names a table (never its inheritance children);
+    a partitioned table by its name alone, which takes its partitions (``ONLY`` on it is an
+    error), as the apply expands a partitioned table to its partitions."""
+    if table in partitioned:
+        return table_ident(table)
+    return sql.SQL("ONLY {}").format(table_ident(table))
+
+
+def truncate(
+    tables: Sequence[QualifiedName],
+    *,
+    restart_identity: bool,
+    partitioned: Collection[QualifiedName] = (),
+) -> sql.Composed:
+    """One statement for all ``tables``: foreign keys among them do not stop it."""
+    return sql.SQL("TRUNCATE {}{}").format(
+        sql.SQL(", ").join(_only(t, partitioned) for t in tables),
         sql.SQL(" RESTART IDENTITY" if restart_identity else ""),
     )
+
+
+def delete_all(
+    table: QualifiedName, *, partitioned: Collection[QualifiedName] = ()
+) -> sql.Composed:
+    """Every row of a table that a TRUNCATE cannot take (referenced from a table it does
+    not truncate); run under ``session_replication_role = replica``, so no foreign key
+    action fires, as none fires on the source's own truncate."""
+    return sql.SQL("DELETE FROM {}").format(_only(table, partitioned))
+
+
+def restart_sequence(seq: QualifiedName) -> sql.Composed:
+    return sql.SQL("ALTER SEQUENCE {} RESTART").format(table_ident(seq))
 
 
 # --- single rows (REPLICA IDENTITY FULL without a key, key moves with unknown TOAST) ----

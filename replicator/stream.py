@@ -23,44 +23,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Final
 
 import psycopg
 from psycopg import pq, sql
-from psycopg.conninfo import make_conninfo
 
+from replicator.connect import source_conninfo
 from replicator.feedback import Status
 from replicator.lsn import Lsn
 from replicator.protocol.frames import standby_status_update
 
-# datestyle, intervalstyle and extra_float_digits as the native worker sets them;
-# bytea_output and lc_monetary so bytea and money values parse on any target
-PINNED_OPTIONS: Final = (
-    "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 "
-    "-c bytea_output=hex -c lc_monetary=C"
-)
-
 
 class StreamEnded(psycopg.OperationalError):
     """The server ended the CopyBoth stream."""
-
-
-def source_conninfo(dsn: str, *, application_name: str, replication: bool) -> str:
-    extra: dict[str, str] = {
-        "client_encoding": "UTF8",
-        "options": PINNED_OPTIONS,
-        "application_name": application_name,
-        # detect a dead peer even when no query is running (half-open connections)
-        "keepalives": "1",
-        "keepalives_idle": "10",
-        "keepalives_interval": "5",
-        "keepalives_count": "3",
-        "tcp_user_timeout": "30000",
-        "connect_timeout": "15",
-    }
-    if replication:
-        extra["replication"] = "database"
-    return make_conninfo(dsn, **extra)
 
 
 class ReplicationConnection:

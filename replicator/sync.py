@@ -31,10 +31,13 @@ from psycopg import AsyncConnection
 
 from replicator import control
 from replicator.apply import TargetSession
+from replicator.catalog import truncate_facts
 from replicator.config import Config, PipelineConfig, QualifiedName
-from replicator.errors import SlotError
+from replicator.connect import connect_source
+from replicator.errors import SchemaError, SlotError
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan
+from replicator.preflight.rules import copy_truncate_findings
 from replicator.protocol.messages import datetime_to_pg_timestamp
 from replicator.snapshot import CopyWorker, TableProgress, plan_table_ranges, run_copy
 from replicator.stats import PipelineStats
@@ -72,7 +75,7 @@ class Startup:
         pipe = self.pipe
         await control.ensure_schema(self.target.conn)
         state = await control.read_pipeline(self.target.conn, pipe.name)
-        async with await AsyncConnection.connect(self.src_dsn, autocommit=True) as src:
+        async with await connect_source(self.src_dsn, f"replicator:{pipe.name}:plan") as src:
             if state is None:
                 return await self._first_run(src)
             if state.slot != pipe.slot_name:
@@ -102,6 +105,8 @@ class Startup:
 
     async def _first_run(self, src: AsyncConnection) -> tuple[ReplicationConnection, Lsn]:
         pipe = self.pipe
+        if pipe.snapshot == "truncate":
+            await self._check_truncatable()
         repl = await self._connect()
         try:
             if await slot_exists(src, pipe.slot_name):
@@ -126,6 +131,16 @@ class Startup:
             await repl.close()
             raise
 
+    async def _check_truncatable(self) -> None:
+        """Refuse, as `check` does, a first copy whose TRUNCATE PostgreSQL would refuse."""
+        targets = [plan.target.name for plan in self.plans.values()]
+        facts = await truncate_facts(self.target.conn, targets)
+        problems = copy_truncate_findings(
+            self.pipe.to, self.pipe.name, targets, facts, copying=True
+        )
+        if problems:
+            raise SchemaError("\n".join(f"{f.obj}: {f.message}. Fix: {f.fix}" for f in problems))
+
     async def _plan(self, src: AsyncConnection, lsn: Lsn) -> list[control.CopyRange]:
         """Ranges for every table; truncated targets; all committed together."""
         target = self.target
@@ -135,9 +150,12 @@ class Startup:
             for name, plan in self.plans.items():
                 table_ranges = await plan_table_ranges(src, plan, self.pipe.copy_.range_rows)
                 ranges += table_ranges
-                if self.pipe.snapshot == "truncate":
-                    await target.truncate([plan.target.name], restart_identity=False)
                 await control.write_table(target.conn, self.pipe.name, name, "copying")
+            if self.pipe.snapshot == "truncate":
+                # together: foreign keys among the pipeline's tables do not stop one TRUNCATE
+                await target.truncate(
+                    [plan.target.name for plan in self.plans.values()], restart_identity=False
+                )
             await control.plan_ranges(target.conn, self.pipe.name, ranges)
             await control.write_pipeline(
                 target.conn, self.pipe.name, self.pipe.slot_name, "copying", lsn
@@ -192,7 +210,7 @@ class Startup:
         self.log.info("initial_copy_done", rows=rows, seconds=round(elapsed, 1))
 
     async def _partitioned(self, plan: TablePlan) -> bool:
-        async with await AsyncConnection.connect(self.src_dsn, autocommit=True) as src:
+        async with await connect_source(self.src_dsn, f"replicator:{self.pipe.name}") as src:
             cur = await src.execute(
                 "SELECT relkind FROM pg_catalog.pg_class WHERE oid = %s", [plan.relation_id]
             )

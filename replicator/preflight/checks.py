@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from replicator import control
-from replicator.catalog import read_source_relation, read_target_table, table_oid
+from replicator.catalog import read_source_relation, read_target_table, table_oid, truncate_facts
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
 from replicator.errors import MaskingError, SchemaError, describe_error
 from replicator.mapping import TablePlan, build_plan
@@ -31,6 +31,7 @@ from replicator.preflight.columns import (
 )
 from replicator.preflight.findings import Finding, Report, show_ident
 from replicator.preflight.rules import (
+    copy_truncate_findings,
     identity_findings,
     keep_size_finding,
     sequence_finding,
@@ -369,6 +370,13 @@ class Preflight:
                         pipe.name,
                     )
                 )
+        if dst is not None:
+            copying = pipe.snapshot == "truncate" and not await self._has_run(dst, pipe)
+            targets = [t.target_name for t in pipe.tables]
+            facts = await truncate_facts(dst.conn, targets)
+            self.report.extend(
+                copy_truncate_findings(pipe.to, pipe.name, targets, facts, copying=copying)
+            )
         if pub is not None:
             extra = published - {t.source for t in pipe.tables}
             if extra and not pub["puballtables"]:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
-from replicator.mapping import TablePlan
+from replicator.mapping import ForeignKeyRef, TablePlan, TruncateFacts
 from replicator.preflight.findings import Finding
 
 # --- pure rules: server settings --------------------------------------------------------
@@ -197,6 +197,52 @@ def slot_findings(
             )
         )
     return out
+
+
+# --- pure rules: the initial copy's truncate ---------------------------------------------
+
+
+def copy_truncate_findings(
+    db: str, pipe: str, tables: list[QualifiedName], facts: TruncateFacts, *, copying: bool
+) -> list[Finding]:
+    """``snapshot = 'truncate'`` empties the pipeline's target tables in one TRUNCATE; a
+    table referenced by a foreign key from a table outside the pipeline cannot be in it
+    (PostgreSQL refuses, and a CASCADE would empty a table the pipeline does not own):
+    an error while that copy is ahead (``copying``). Otherwise only a source TRUNCATE
+    meets it, and is applied as a delete: a warning."""
+    _, blocked = facts.split(tables)
+    mapped = set(tables)
+    outside = [ref for ref in blocked.values() if ref.table not in mapped]  # the others follow
+    if copying:
+        return [copy_truncate_finding(db, pipe, ref) for ref in outside]
+    return [
+        Finding(
+            "warning",
+            "foreign_key",
+            f"{db}:{ref.references}",
+            f"constraint {ref.constraint} on {ref.table}, a table this pipeline does not map, "
+            "references this table: a source TRUNCATE of it is applied as a DELETE of its "
+            f"rows, and the rows of {ref.table} that reference them stay",
+            f"add {ref.table} to pipeline {pipe!r}, or accept those rows",
+            pipe,
+        )
+        for ref in outside
+    ]
+
+
+def copy_truncate_finding(db: str, pipe: str, ref: ForeignKeyRef) -> Finding:
+    return Finding(
+        "error",
+        "foreign_key",
+        f"{db}:{ref.references}",
+        f"the initial copy (snapshot = 'truncate') empties this table, but constraint "
+        f"{ref.constraint} on {ref.table}, a table this pipeline does not map, references "
+        "it: PostgreSQL refuses that TRUNCATE",
+        f"add {ref.table} to pipeline {pipe!r} (its rows are then copied too), or set "
+        "snapshot = 'merge' on the pipeline (the copy merges into the rows there), or drop "
+        f"constraint {ref.constraint}",
+        pipe,
+    )
 
 
 # --- pure rules: replica identity and publication ---------------------------------------

@@ -112,6 +112,7 @@ def text_column(name: str) -> TargetColumn:
         generated=False,
         max_chars=None,
         type_category="S",
+        has_equality=True,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -133,7 +134,7 @@ def test_update_from_stage_leaves_unchanged_toast_columns_alone(
 
 
 def test_columns_without_equality_are_matched_as_text(make_plan: PlanFactory) -> None:
-    json_col = TargetColumn("doc", "pg_catalog", "json", False, False, None, "U")
+    json_col = TargetColumn("doc", "pg_catalog", "json", False, False, None, "U", False)
     plan = make_plan(["doc", "v"], ["doc"], types={"doc": json_col})
     assert text(sqlgen.delete_from_stage(plan)).endswith('AND "t"."doc"::text = "s"."k0"::text')
     q = text(sqlgen.delete_one_row(plan, [b"{}", b"x"]))
@@ -142,16 +143,31 @@ def test_columns_without_equality_are_matched_as_text(make_plan: PlanFactory) ->
 
 
 @pytest.mark.parametrize(
-    ("restart", "expected"),
+    ("restart", "partitioned", "expected"),
     [
-        (False, 'TRUNCATE ONLY "a"."b", "My ""Sch""ema"."order"'),
-        (True, 'TRUNCATE ONLY "a"."b", "My ""Sch""ema"."order" RESTART IDENTITY'),
+        (False, (), 'TRUNCATE ONLY "a"."b", ONLY "My ""Sch""ema"."order"'),
+        (True, (), 'TRUNCATE ONLY "a"."b", ONLY "My ""Sch""ema"."order" RESTART IDENTITY'),
+        # ONLY on a partitioned table is an error; without it, its partitions go too
+        (False, (QualifiedName(SCHEMA, TABLE),), 'TRUNCATE ONLY "a"."b", "My ""Sch""ema"."order"'),
     ],
-    ids=["plain", "restart-identity"],
+    ids=["plain", "restart-identity", "partitioned"],
 )
-def test_truncate_names_every_table_once(restart: bool, expected: str) -> None:
+def test_truncate_names_every_table_once(
+    restart: bool, partitioned: tuple[QualifiedName, ...], expected: str
+) -> None:
     tables = [QualifiedName("a", "b"), QualifiedName(SCHEMA, TABLE)]
-    assert text(sqlgen.truncate(tables, restart_identity=restart)) == expected
+    got = sqlgen.truncate(tables, restart_identity=restart, partitioned=partitioned)
+    assert text(got) == expected
+
+
+def test_one_way_columns_without_equality_are_compared_as_text(make_plan: PlanFactory) -> None:
+    json_col = TargetColumn("doc", "pg_catalog", "json", False, False, None, "U", False)
+    plan = dataclasses.replace(
+        make_plan(["id", "doc", "v"], ["id"], types={"doc": json_col}), one_way=(1, 2)
+    )
+    q = text(sqlgen.update_from_stage(plan, 0, [], "p"))
+    assert 't."doc"::text IS DISTINCT FROM s."c1"::text' in q
+    assert 't."v" IS DISTINCT FROM s."c2")' in q
 
 
 # --- conflict rules ---------------------------------------------------------------------------
@@ -353,8 +369,8 @@ def test_stage_lines_of_nothing_is_empty(make_plan: PlanFactory) -> None:
 
 
 def test_stage_types_use_each_columns_base_type(make_plan: PlanFactory) -> None:
-    domain_base = TargetColumn("n", "pg_catalog", "int4", False, False, None, "N")
-    custom = TargetColumn("m", "My Types", "Mood", False, False, None, "E")
+    domain_base = TargetColumn("n", "pg_catalog", "int4", False, False, None, "N", True)
+    custom = TargetColumn("m", "My Types", "Mood", False, False, None, "E", True)
     plan = make_plan(
         ["id", "n", "m"], ["id"], types={"id": text_column("id"), "n": domain_base, "m": custom}
     )
