@@ -26,7 +26,7 @@ from replicator.classify import Directive, classify, leaf
 from replicator.config import Config, PipelineConfig, load_config
 from replicator.errors import ReplicatorError, describe_error
 from replicator.health import HealthServer
-from replicator.masking import key_file_warnings, load_key
+from replicator.masking import MaskingKey, key_file_warnings, load_key
 from replicator.pipeline import Pipeline, State
 
 # a pipeline that ran this long before failing starts its backoff afresh
@@ -69,7 +69,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._reload = asyncio.Event()
 
-    def _load_key(self, config: Config) -> bytes | None:
+    def _load_key(self, config: Config) -> MaskingKey | None:
         if not config.masking.key_file:
             return None
         key = load_key(config.masking.key_file)

@@ -37,6 +37,7 @@ from replicator.errors import MaskingError, ProtocolError, SchemaError, SlotErro
 from replicator.feedback import Feedback
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan, build_plan
+from replicator.masking import MaskingKey
 from replicator.protocol.decoder import PgOutputDecoder, decode_insert
 from replicator.protocol.frames import Keepalive, parse_frame
 from replicator.protocol.messages import (
@@ -79,7 +80,7 @@ class Pipeline:
         config: Config,
         pipe: PipelineConfig,
         *,
-        hash_key: bytes | None = None,
+        hash_key: MaskingKey | None = None,
         skip_origins: frozenset[str] = frozenset(),
         on_commit: Callable[[Pipeline], Any] | None = None,
     ) -> None:
