@@ -22,7 +22,7 @@ import structlog
 from tenacity import wait_exponential_jitter
 
 from replicator import notify
-from replicator.classify import Directive, classify, leaf
+from replicator.classify import Directive, classify, leaf, retry_reason
 from replicator.config import Config, PipelineConfig, load_config
 from replicator.errors import ReplicatorError, describe_error
 from replicator.health import HealthServer
@@ -172,9 +172,12 @@ class Daemon:
                     progressed=pipeline.stats.commits > commits_before,
                     ran_for=time.monotonic() - started,
                 )
+                pipeline.stats.state = State.RETRYING
+                pipeline.stats.retry_reason = retry_reason(exc)
                 log.warning(
                     "pipeline_retry",
                     error=pipeline.stats.last_error,
+                    reason=pipeline.stats.retry_reason,
                     attempt=backoff.attempt,
                     delay_s=round(delay, 2),
                 )

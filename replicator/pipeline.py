@@ -157,6 +157,7 @@ class Pipeline:
             try:
                 await self._start_stream(source, start)
                 self.stats.state = State.STREAMING
+                self.stats.retry_reason = None
                 self.log.info("pipeline_streaming", start_lsn=str(start))
                 await self._stream(source, target)
                 # final feedback: everything committed is confirmed before we go
