@@ -60,7 +60,8 @@ class MaskingError(ReplicatorError):
 # routines, XX internal, anything unknown) carries text a trigger or extension wrote,
 # with no shape to rely on: its message is withheld altogether.
 _NAMES_ONLY_CLASSES = frozenset(
-    {"08", "0A", "25", "28", "2B", "2D", "3B", "3D", "3F", "40", "42", "53", "54", "55", "57", "58"}
+    {"08", "0A", "0L", "0P", "21", "24", "25", "26", "28", "2B", "2D", "34", "3B", "3D", "3F"}
+    | {"40", "42", "53", "54", "55", "57", "58"}
 )
 _DATA_CLASSES = frozenset({"22", "23", "27", "44"})
 _QUOTED = re.compile(r'"([^"]*)"')

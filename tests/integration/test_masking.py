@@ -240,3 +240,29 @@ def test_planted_values_never_leave_the_process_unmasked(dbs, daemon, tmp_path):
     assert "CONFIDENTIAL" in dump  # the dump really holds the rows
     leaked = [v for v in planted if v in exposed]
     assert leaked == []
+
+
+def test_a_key_that_is_another_rows_hash_is_hashed_too_and_does_not_collide(dbs, daemon, key_file):
+    ddl = "CREATE TABLE contacts (mobile text PRIMARY KEY, name text)"
+    execute(dbs.src, ddl)
+    execute(dbs.dst, ddl)
+    daemon(
+        dbs.config(
+            [{"source": "contacts", "mask": {"mobile": "hash"}}],
+            masking={"key_file": str(key_file)},
+        )
+    )
+    fn = compile_mask(parse_mask("hash"), key_file.read_bytes())
+    mobiles = [f"98{i:08d}" for i in range(1, 41)]
+    lookalike = fn(mobiles[0].encode()).decode()  # 64 lowercase hex: "already hashed"?
+    with psycopg.connect(dbs.src, autocommit=True) as conn:
+        for i, m in enumerate([*mobiles, lookalike]):
+            conn.execute("INSERT INTO contacts VALUES (%s, %s)", (m, f"n{i}"))
+    want = sorted((fn(m.encode()).decode(), f"n{i}") for i, m in enumerate([*mobiles, lookalike]))
+
+    def portal() -> list[tuple]:
+        with psycopg.connect(dbs.dst) as conn:
+            return sorted(conn.execute("SELECT mobile, name FROM contacts").fetchall())
+
+    wait_until(lambda: portal() == want, timeout=30, reason="41 source rows, 41 portal rows")
+    assert len(portal()) == 41
