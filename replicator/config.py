@@ -43,6 +43,10 @@ CONFIG_ENV: Final = "REPLICATOR_CONFIG"
 NAME_PREFIX: Final = "replicator_"
 _NAME_RE: Final = re.compile(r"^[a-z0-9_]{1,40}$")
 _SLOT_RE: Final = re.compile(r"^[a-z0-9_]{1,63}$")
+# pgoutput's publication_names is a comma-separated identifier list that PostgreSQL
+# splits, unquotes and lower-cases: only a plain lower-case identifier names one
+# publication, itself ("a,b" would subscribe to two, "Pub" to "pub")
+_PUBLICATION_RE: Final = re.compile(r"^[a-z_][a-z0-9_$]{0,62}$")
 
 
 # --- value types ---------------------------------------------------------------------
@@ -239,6 +243,10 @@ class ServiceConfig(_Model):
     # waiting with no position moving for this long, so systemd restarts a wedged daemon.
     # Five minutes: longer than a big merge or a DBA's brief lock, short of hours of drift.
     watchdog_stall_seconds: float = Field(default=300.0, gt=0)
+    # Open connections the HTTP endpoint accepts at once; one more is answered 503 and
+    # closed. A scraper or probe holds one (keep-alive 15 s): 64 leaves room for many,
+    # and bounds the file descriptors and memory a connection flood can take.
+    health_max_connections: int = Field(default=64, ge=1, le=10_000)
 
 
 class MaskingConfig(_Model):
@@ -453,6 +461,13 @@ def _pipeline_problems(p: PipelineConfig) -> Iterable[tuple[Loc, str]]:
         yield ("to",), "a pipeline cannot replicate a database into itself"
     if not _SLOT_RE.match(p.slot_name):
         yield ("slot",), f"slot name {p.slot_name!r} must be 1-63 characters of a-z0-9_"
+    if not _PUBLICATION_RE.match(p.publication_name):
+        yield (
+            ("publication",),
+            f"publication name {p.publication_name!r} must be 1-63 characters of a-z, 0-9, "
+            "_ and $, not starting with a digit or $ (pgoutput reads a comma-separated, "
+            "case-folded list: anything else names another publication, or several)",
+        )
     sources: dict[QualifiedName, int] = {}
     targets: dict[QualifiedName, int] = {}
     for j, t in enumerate(p.tables):

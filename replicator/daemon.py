@@ -22,11 +22,11 @@ import structlog
 from tenacity import wait_exponential_jitter
 
 from replicator import notify
-from replicator.classify import Directive, classify, leaf
+from replicator.classify import Directive, classify, leaf, retry_reason
 from replicator.config import Config, PipelineConfig, load_config
 from replicator.errors import ReplicatorError, describe_error
 from replicator.health import HealthServer
-from replicator.masking import key_file_warnings, load_key
+from replicator.masking import MaskingKey, key_file_warnings, load_key
 from replicator.pipeline import Pipeline, State
 
 # a pipeline that ran this long before failing starts its backoff afresh
@@ -69,7 +69,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._reload = asyncio.Event()
 
-    def _load_key(self, config: Config) -> bytes | None:
+    def _load_key(self, config: Config) -> MaskingKey | None:
         if not config.masking.key_file:
             return None
         key = load_key(config.masking.key_file)
@@ -172,9 +172,12 @@ class Daemon:
                     progressed=pipeline.stats.commits > commits_before,
                     ran_for=time.monotonic() - started,
                 )
+                pipeline.stats.state = State.RETRYING
+                pipeline.stats.retry_reason = retry_reason(exc)
                 log.warning(
                     "pipeline_retry",
                     error=pipeline.stats.last_error,
+                    reason=pipeline.stats.retry_reason,
                     attempt=backoff.attempt,
                     delay_s=round(delay, 2),
                 )

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
-from replicator.masking import MaskFn, MaskSpec, compile_mask, load_key, resolve_masks
+from replicator.masking import MaskFn, MaskingKey, MaskSpec, compile_mask, load_key, resolve_masks
 
 _T = TypeVar("_T")
 
@@ -348,7 +348,7 @@ def check_table(
     pipe: PipelineConfig,
     table: TableConfig,
     *,
-    hash_key: bytes | None = None,
+    hash_key: MaskingKey | None = None,
 ) -> TableCheck:
     proj = _projection(src, config, table)
     target = table.target_name

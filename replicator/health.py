@@ -8,11 +8,13 @@ waits on a pipeline.
 What it must never do: show a row value, a DSN or raw exception text (errors come
 from ``stats.last_error``, already redacted by :func:`replicator.errors.describe_error`),
 or let a client hurt the daemon. Only GET and HEAD; request lines and headers are
-capped by the parser (400 on excess), bodies are never read, unknown paths get 404.
+capped by the parser (400 on excess), bodies are never read, unknown paths get 404, and
+at most ``[service] health_max_connections`` connections are open at once (503 past it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import time
@@ -74,6 +76,10 @@ def readiness(pipelines: Sequence[Observed], service: ServiceConfig, now: float)
                 done = sum(t.ranges_done for t in s.copy.values())
                 total = sum(t.ranges_total for t in s.copy.values())
                 reason += f": initial copy, {done}/{total} ranges"
+            elif phase is State.RETRYING and s.retry_reason:
+                reason += f": {s.retry_reason}"
+                if s.last_error:
+                    reason += f" (last error: {s.last_error})"
             elif s.last_error:
                 reason += f": {s.last_error}"
             out.append(NotReady(name, reason))
@@ -164,6 +170,7 @@ def pipeline_status(p: Observed, now: float) -> dict[str, Any]:
             for t in s.copy.values()
         ],
         "last_error": s.last_error,  # describe_error: no DETAIL, no row values
+        "retry_reason": s.retry_reason,  # set while the daemon waits to run it again
     }
 
 
@@ -178,6 +185,18 @@ def status_document(
         "ready": not not_ready,
         "pipelines": [pipeline_status(p, now) for p in pipelines],
     }
+
+
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection over ``health_max_connections``: answered 503 and closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses: write() by duck typing
+        transport.write(_BUSY)  # type: ignore[attr-defined]
+        transport.close()
 
 
 # --- the server ------------------------------------------------------------------------
@@ -215,7 +234,9 @@ class HealthServer:
         self.registry = metrics.make_registry(pipelines, clock=clock)
         self.log = structlog.get_logger("replicator").bind(component="health")
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None  # bound host and port
+        self.refused = 0  # connections turned away at health_max_connections
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_only_get], client_max_size=1024)
@@ -257,20 +278,40 @@ class HealthServer:
             shutdown_timeout=1.0,  # a scraper mid-request does not hold up the daemon's exit
         )
         await runner.setup()
+        http = runner.server
+        assert http is not None  # set by setup()
+        cap = self.service.health_max_connections
+
+        def protocol() -> asyncio.BaseProtocol:
+            # aiohttp has no cap of its own: past it, a short 503 and close, before any
+            # byte of the request is read
+            if len(http.connections) >= cap:
+                self.refused += 1
+                return _Refuse()
+            return http()
+
         try:
-            await web.TCPSite(runner, host, port, backlog=32).start()
+            # our own listener rather than a TCPSite, whose protocol factory is aiohttp's
+            self._listener = await asyncio.get_running_loop().create_server(
+                protocol, host, port, backlog=32
+            )
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        bound = runner.addresses[0]  # the real port when 0 was asked for
+        bound = self._listener.sockets[0].getsockname()  # the real port when 0 was asked for
         self.address = (bound[0], bound[1])
-        self.log.info("health_listening", address=f"{bound[0]}:{bound[1]}")
+        self.log.info("health_listening", address=f"{bound[0]}:{bound[1]}", max_connections=cap)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # ends open connections (shutdown_timeout)
             self._runner = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
 
     # -- handlers -------------------------------------------------------------------------
 

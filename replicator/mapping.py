@@ -18,7 +18,7 @@ from typing import Final, Literal
 
 from replicator.config import Conflict, QualifiedName, TableConfig
 from replicator.errors import MaskingError, SchemaError
-from replicator.masking import MaskFn, MaskSpec, compile_mask, resolve_masks
+from replicator.masking import MaskFn, MaskingKey, MaskSpec, compile_mask, resolve_masks
 from replicator.protocol.messages import BinaryDatum, Column, Datum, Relation, TupleData
 
 
@@ -169,7 +169,7 @@ def build_plan(
     *,
     global_masks: Mapping[str, MaskSpec],
     unclassified: Literal["allow", "deny"],
-    hash_key: bytes | None,
+    hash_key: MaskingKey | None,
     tie_source_wins: bool = True,
     commit_timestamps: bool = False,
     returned: TableConfig | None = None,

@@ -15,10 +15,15 @@ Grammar (one rule is one string; the kind is case-sensitive, nothing is stripped
                     ``****-****-9012``, ``9876545678`` -> ``******5678``. A value with
                     fewer than 2N maskable characters is starred completely.
     email           ``user@example.com`` -> ``u***@example.com`` (split at the last ``@``);
-                    a one-character local part, or one starting with ``*``, becomes ``***``;
-                    no ``@``, or an empty local part or domain, gives ``***``.
+                    a one-character local part, or one starting with ``*``, becomes ``***``.
+                    Only a syntactically valid domain survives: two or more dot-separated
+                    labels of letters, digits and inner hyphens (1-63 characters each, 253
+                    in all), the last starting with a letter. Anything else after the
+                    ``@`` (``x@example.com, alt 9876543210``, ``x@[10.0.0.1]``, ``x@host``),
+                    no ``@``, or an empty local part gives ``***``.
     hash            keyed HMAC-SHA256 of the UTF-8 value as 64 lowercase hex characters;
-                    deterministic, so it can serve as a key or join column.
+                    deterministic, so it can serve as a key or join column. A function of
+                    the value alone: a value that looks like a digest is hashed too.
     null            the value becomes SQL NULL.
     plain           deliberately unmasked: the column is classified as safe.
 
@@ -30,12 +35,15 @@ with its base letter (starred or kept together) and does not count towards N. St
 maskable is what makes ``partial`` idempotent.
 
 Every mask keeps NULL as NULL and :data:`UNCHANGED_TOAST` untouched (see
-:func:`mask_datum`), is deterministic, and is idempotent: ``mask(mask(x)) == mask(x)``.
-For ``hash`` that costs something: a value that already is 64 lowercase hex characters is
-taken as already hashed and passes through unchanged. A column holding such values (say,
-SHA-256 fingerprints) therefore reaches the target as it is, and ``x`` and ``hash(x)``
-collide. We accept that so that re-masking (a resync over masked data, a second hop in a
-chain) cannot double-hash a key column and break joins.
+:func:`mask_datum`), is deterministic and a function of the value alone. Every mask but
+``hash`` is also idempotent (``mask(mask(x)) == mask(x)``). ``hash`` once passed 64-hex
+values through as "already hashed"; that let any 64-hex secret ship unmasked and made a
+row whose key is ``hash(k)`` collide with the row keyed ``k``. Masks apply to source values
+only (the pipeline never reads back what it wrote), so nothing needs hash to be idempotent.
+
+The HMAC key is a :class:`MaskingKey`: its ``repr`` is redacted and no function here holds
+its bytes in a plain local variable, so a traceback renderer that shows frame locals (the
+daemon's never does, see :mod:`replicator.logs`) has nothing to show.
 """
 
 from __future__ import annotations
@@ -44,13 +52,15 @@ import binascii
 import contextlib
 import fnmatch
 import hashlib
+import hmac
 import os
+import re
 import stat
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from replicator.errors import MaskingError
 from replicator.protocol.messages import UNCHANGED_TOAST, BinaryDatum, Datum
@@ -76,7 +86,6 @@ _STAR: Final = 0x2A
 _ASCII_MASKABLE: Final = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz*"
 # byte -> b"*" for every ASCII maskable byte, identity otherwise: one C call stars a value
 _TO_STARS: Final = bytes(_STAR if b in _ASCII_MASKABLE else b for b in range(256))
-_HEX_LOWER: Final = b"0123456789abcdef"
 _EMAIL_HIDDEN_AT: Final = EMAIL_HIDDEN + b"@"
 # email: the first byte of an ASCII local part, the stars and the "@", prebuilt to save concats
 _EMAIL_HEADS: Final = tuple(bytes((b,)) + _EMAIL_HIDDEN_AT for b in range(128))
@@ -89,6 +98,56 @@ _OPAD: Final = bytes(b ^ 0x5C for b in range(256))
 # free text with many shapes simply stops being memoised.
 _SHAPE_MEMO_MAX_BYTES: Final = 64
 _SHAPE_MEMO_MAX_ENTRIES: Final = 4096
+
+
+_DOMAIN_MAX: Final = 253
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_TLD = r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ASCII_DOMAIN: Final = re.compile(rf"(?:{_LABEL}\.)+{_TLD}".encode())
+# the same shape for internationalised names written in Unicode: letters are any script's
+_ULABEL = r"[^\W_](?:[^\W_]|-){0,61}(?<!-)"
+_UTLD = r"[^\W\d_](?:[^\W_]|-){0,61}(?<!-)"
+_UNICODE_DOMAIN: Final = re.compile(rf"(?:{_ULABEL}\.)+{_UTLD}")
+
+
+class MaskingKey:
+    """The HMAC key for ``hash`` masks. Its bytes never appear in a ``repr``, ``str`` or
+    comparison output, and only :meth:`hmac_states` reads them."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = bytes(secret)
+
+    def __len__(self) -> int:
+        return len(self._secret)
+
+    def __repr__(self) -> str:
+        return f"MaskingKey(<{len(self._secret)} bytes, redacted>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MaskingKey) and hmac.compare_digest(self._secret, other._secret)
+
+    def __hash__(self) -> int:
+        return hash(hashlib.sha256(self._secret).digest())
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a MaskingKey is not serialisable")
+
+    def stripped(self) -> MaskingKey:
+        """The key without surrounding whitespace (a trailing newline from ``echo``)."""
+        return MaskingKey(self._secret.strip())
+
+    def hmac_states(self) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        """``copy`` of the SHA-256 states after the inner and outer padded key (RFC 2104)."""
+        if len(self._secret) > _SHA256_BLOCK:
+            return MaskingKey(hashlib.sha256(self._secret).digest()).hmac_states()
+        return (
+            hashlib.sha256(self._secret.ljust(_SHA256_BLOCK, b"\0").translate(_IPAD)).copy,
+            hashlib.sha256(self._secret.ljust(_SHA256_BLOCK, b"\0").translate(_OPAD)).copy,
+        )
 
 
 # --- the rule --------------------------------------------------------------------------
@@ -192,8 +251,9 @@ def parse_mask(text: str) -> MaskSpec:
 # --- compiled masks --------------------------------------------------------------------
 
 
-def compile_mask(spec: MaskSpec, key: bytes | None = None) -> MaskFn:
-    """Build the function that masks one non-NULL value (UTF-8 bytes). ``key``: for hash."""
+def compile_mask(spec: MaskSpec, key: MaskingKey | bytes | None = None) -> MaskFn:
+    """Build the function that masks one non-NULL value (UTF-8 bytes). ``key``: for hash
+    (bytes are accepted for tests and tools, and wrapped at once)."""
     match spec.kind:
         case "redact":
             assert isinstance(spec.arg, str)
@@ -204,7 +264,7 @@ def compile_mask(spec: MaskSpec, key: bytes | None = None) -> MaskFn:
         case "email":
             return _mask_email
         case "hash":
-            return _compile_hash(key)
+            return _compile_hash(MaskingKey(key) if isinstance(key, bytes) else key)
         case "null":
             return _mask_null
         case "plain":
@@ -238,7 +298,7 @@ def _mask_plain(value: bytes) -> bytes:
     return value
 
 
-def _compile_hash(key: bytes | None) -> MaskFn:
+def _compile_hash(key: MaskingKey | None) -> MaskFn:
     if not key:
         raise MaskingError("hash mask needs an HMAC key: set masking.key_file")
     if len(key) < MIN_KEY_BYTES:
@@ -248,17 +308,10 @@ def _compile_hash(key: bytes | None) -> MaskFn:
     # HMAC-SHA256 exactly as RFC 2104 (and hmac.py's own fallback) computes it, but with the
     # inner and outer padded-key states hashed once here: hmac.digest() redoes that key
     # schedule per value and measured 2.5x slower. The unit tests check it against hmac.new.
-    if len(key) > _SHA256_BLOCK:
-        key = hashlib.sha256(key).digest()
-    padded = key.ljust(_SHA256_BLOCK, b"\0")
-    inner_copy = hashlib.sha256(padded.translate(_IPAD)).copy
-    outer_copy = hashlib.sha256(padded.translate(_OPAD)).copy
+    inner_copy, outer_copy = key.hmac_states()
     hexlify = binascii.hexlify
 
     def hash_(value: bytes) -> bytes:
-        # already a digest (64 lowercase hex): keep it, for idempotency (module docstring)
-        if len(value) == HASH_HEX_CHARS and not value.translate(None, _HEX_LOWER):
-            return value
         inner = inner_copy()
         inner.update(value)
         outer = outer_copy()
@@ -342,7 +395,7 @@ def _mask_email(value: bytes) -> bytes:
     # Splitting UTF-8 bytes at b"@" is safe: ASCII bytes never occur inside a multi-byte
     # character. rpartition measured faster than rfind plus slicing.
     local, _, domain = value.rpartition(b"@")
-    if not local or not domain:
+    if not local or not _valid_domain(domain):
         return EMAIL_HIDDEN
     first = local[0]
     if first < 0x80:
@@ -354,6 +407,15 @@ def _mask_email(value: bytes) -> bytes:
     if len(head) == len(local):
         return _EMAIL_HIDDEN_AT + domain
     return head + _EMAIL_HIDDEN_AT + domain
+
+
+def _valid_domain(domain: bytes) -> bool:
+    """A host name as the email mask's docstring defines it; nothing else may be kept."""
+    if len(domain) > _DOMAIN_MAX:
+        return False
+    if domain.isascii():
+        return _ASCII_DOMAIN.fullmatch(domain) is not None
+    return _UNICODE_DOMAIN.fullmatch(_decode(domain)) is not None
 
 
 def _decode(value: bytes) -> str:
@@ -443,7 +505,7 @@ def resolve_key_path(
     return candidate
 
 
-def load_key(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> bytes:
+def load_key(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> MaskingKey:
     """Read the HMAC key; surrounding whitespace is stripped; at least 32 bytes.
 
     Errors name the file and never the key. Permissions are checked separately by
@@ -452,18 +514,19 @@ def load_key(path: str | os.PathLike[str], environ: Mapping[str, str] | None = N
     where = resolve_key_path(path, environ)
     try:
         with where.open("rb") as file:
-            # bounded read: a key_file pointing at /dev/urandom must not hang start-up
-            raw = file.read(_MAX_KEY_FILE_BYTES + 1)
+            # bounded read: a key_file pointing at /dev/urandom must not hang start-up;
+            # straight into a MaskingKey, so no local of this frame holds the bytes
+            key = MaskingKey(file.read(_MAX_KEY_FILE_BYTES + 1))
     except FileNotFoundError as exc:
         raise MaskingError(f"masking key file {where}: not found") from exc
     except OSError as exc:
         raise MaskingError(f"masking key file {where}: cannot read: {exc.strerror}") from exc
-    if len(raw) > _MAX_KEY_FILE_BYTES:
+    if len(key) > _MAX_KEY_FILE_BYTES:
         raise MaskingError(
             f"masking key file {where}: larger than {_MAX_KEY_FILE_BYTES} bytes; "
             "is it really a key?"
         )
-    key = raw.strip()
+    key = key.stripped()
     if len(key) < MIN_KEY_BYTES:
         raise MaskingError(
             f"masking key file {where}: key is {len(key)} bytes, need at least "

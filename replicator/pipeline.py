@@ -38,6 +38,7 @@ from replicator.feedback import Feedback
 from replicator.handoff import Handoff
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan, build_plan
+from replicator.masking import MaskingKey
 from replicator.protocol.decoder import PgOutputDecoder, decode_insert
 from replicator.protocol.frames import Keepalive, parse_frame
 from replicator.protocol.messages import (
@@ -80,7 +81,7 @@ class Pipeline:
         config: Config,
         pipe: PipelineConfig,
         *,
-        hash_key: bytes | None = None,
+        hash_key: MaskingKey | None = None,
         skip_origins: frozenset[str] = frozenset(),
         on_commit: Callable[[Pipeline], Any] | None = None,
     ) -> None:
@@ -157,6 +158,7 @@ class Pipeline:
             try:
                 await self._start_stream(source, start)
                 self.stats.state = State.STREAMING
+                self.stats.retry_reason = None
                 self.log.info("pipeline_streaming", start_lsn=str(start))
                 await self._stream(source, target)
                 # final feedback: everything committed is confirmed before we go

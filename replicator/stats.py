@@ -42,6 +42,7 @@ class State(enum.StrEnum):
     STARTING = "starting"
     COPYING = "copying"
     STREAMING = "streaming"
+    RETRYING = "retrying"  # failed transiently; the daemon runs it again after a backoff
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
@@ -68,6 +69,7 @@ class PipelineStats:
     dead_letters: int = 0  # rows sent to replicator.dead_letters
     queue_bytes: int = 0
     last_error: str | None = None
+    retry_reason: str | None = None  # classify.retry_reason of the failure being retried
     copy: dict[QualifiedName, TableProgress] = field(default_factory=dict)
     apply_delays: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
     # --- read by the operations surface (health, metrics, notify); see each comment for

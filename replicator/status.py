@@ -36,7 +36,7 @@ CAUGHT_UP_BYTES: Final = 1024 * 1024
 @dataclass(slots=True)
 class SlotStatus:
     name: str
-    exists: bool = False
+    exists: bool | None = None  # None: the source could not be read, so nobody knows
     active: bool = False
     active_pid: int | None = None
     wal_status: str | None = None
@@ -77,6 +77,7 @@ class PipelineStatus:
     dead_letters: int | None = None  # open (unresolved)
     conflicts: int | None = None
     problems: list[str] = field(default_factory=list)  # what could not be read
+    source_reachable: bool = True  # False: no connection to the source at all
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,6 +107,7 @@ async def read_status(config: Config) -> list[PipelineStatus]:
                 conn = conns[db]
                 if isinstance(conn, str):
                     st.problems.append(conn)
+                    st.source_reachable &= side != "source"
                     continue
                 try:
                     await reader(conn, pipe, st)
@@ -140,10 +142,10 @@ async def _read_source(conn: AsyncConnection, pipe: PipelineConfig, st: Pipeline
         [lsn, pipe.slot_name],
     )
     row = await cur.fetchone()
+    slot = st.slot
+    slot.exists = row is not None
     if row is None:
         return
-    slot = st.slot
-    slot.exists = True
     (
         slot.active,
         slot.active_pid,
@@ -268,8 +270,13 @@ def format_status(statuses: Sequence[PipelineStatus]) -> str:
                 f"retains {human_bytes(slot.retained_wal_bytes)}, "
                 f"confirmed {slot.confirmed_flush_lsn}"
             )
-        else:
+        elif slot.exists is False:
             lines.append(f"  slot          {slot.name}: missing")
+        elif not st.source_reachable:
+            # not "missing": that would invite a `resync --all` over a network outage
+            lines.append(f"  slot          {slot.name}: unknown, source unreachable")
+        else:
+            lines.append(f"  slot          {slot.name}: unknown, could not read the source")
         source = st.source_lsn or "-"
         if st.source_last_commit:
             source += f", last commit {_when(st.source_last_commit)}"

@@ -22,7 +22,7 @@ from replicator.catalog import read_source_relation, read_target_table, table_oi
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
 from replicator.errors import MaskingError, SchemaError, describe_error
 from replicator.mapping import TablePlan, build_plan
-from replicator.masking import key_file_warnings, load_key, resolve_masks
+from replicator.masking import MaskingKey, key_file_warnings, load_key, resolve_masks
 from replicator.preflight.columns import (
     ColumnType,
     cast_contexts,
@@ -99,7 +99,7 @@ class Preflight:
         self.config = config
         self.report = Report()
         self.dbs: dict[str, _Db] = {}
-        self.hash_key: bytes | None = None
+        self.hash_key: MaskingKey | None = None
         # column types read per (database, table), for the two-way sequence check
         self.types: dict[tuple[str, QualifiedName], dict[str, ColumnType]] = {}
 
@@ -148,7 +148,8 @@ class Preflight:
                     "create the key: head -c 32 /dev/urandom > FILE; chmod 600 FILE",
                 )
             )
-            self.hash_key = b"\0" * 32  # stand-in, so hash masks are checked for fit alone
+            # a stand-in, so hash masks are checked for fit alone
+            self.hash_key = MaskingKey(b"\0" * 32)
         for warning in key_file_warnings(m.key_file):
             self.report.add(Finding("warning", "masking", "masking.key_file", warning))
 

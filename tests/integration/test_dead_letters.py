@@ -78,3 +78,44 @@ def test_bad_updates_and_deletes_are_isolated_among_good_ones(dbs, daemon):
     # everything but the rejected updates matches the source
     execute(dbs.src, "UPDATE pay SET amount = amount / 10 WHERE amount >= 1000")
     wait_for_equal(dbs.src, dbs.dst, ["public.pay"])
+
+
+def test_data_type_errors_are_dead_lettered_without_the_value(dbs: DbPair, daemon):
+    # text on the source, integer on the target: check warns, bad values become letters
+    execute(dbs.src, "CREATE TABLE pay (id int PRIMARY KEY, email text, amount text)")
+    execute(dbs.dst, DDL)
+    d = daemon(dbs.config([{"source": "pay", "mask": {"email": "email"}}]))
+    bad = {
+        1001: "AADHAAR111122223333",  # 22P02 invalid input syntax: "..." after the colon
+        1002: "98765432109876",  # 22003 value "..." is out of range for type integer
+        1003: 'x"9876543210"y',  # a value with quotes in it
+    }
+    execute(
+        dbs.src, "INSERT INTO pay SELECT g, 'u' || g || '@x.in', g FROM generate_series(1, 50) g"
+    )
+    with psycopg.connect(dbs.src, autocommit=True) as conn:
+        for i, v in bad.items():
+            conn.execute("INSERT INTO pay VALUES (%s, 'e@x.in', %s)", (i, v))
+    execute(dbs.src, "INSERT INTO pay SELECT g, 'v@x.in', g FROM generate_series(51, 60) g")
+    wait_until(
+        lambda: (
+            len(letters(dbs.dst)) == len(bad) and scalar(dbs.dst, "SELECT count(*) FROM pay") == 60
+        ),
+        timeout=30,
+        reason="the bad rows are dead letters, the good ones arrived",
+    )
+    found = letters(dbs.dst)
+    assert sorted(f[3] for f in found) == ["22003", "22P02", "22P02"]
+    messages = [f[4] for f in found]
+    listed = run_cli("dlq", "list", "-c", str(d.config_path))
+    assert listed.returncode == 0, listed.stderr
+    shown = "\n".join(messages) + listed.stdout + listed.stderr + d.log_text()
+    for value in bad.values():
+        assert value not in shown
+    assert "98765" not in shown
+    assert "AADHAAR" not in shown
+    # what stays: the kind of error and where (the column, from COPY's context)
+    assert all("column amount" in m for m in messages), messages
+    assert any("invalid input syntax for type integer" in m for m in messages), messages
+    assert any('value "…" is out of range for type integer' in m for m in messages), messages
+    assert d.alive()

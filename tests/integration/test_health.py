@@ -46,6 +46,18 @@ def raw_request(port: int, data: bytes) -> int:
     return int(head.split(b" ", 2)[1])
 
 
+def first_bytes_unasked(port: int) -> bytes:
+    """What the server says on a new connection before we send anything (then EOF)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        data = b""
+        try:
+            while chunk := s.recv(4096):
+                data += chunk
+        except TimeoutError:
+            pass  # accepted and waiting for a request: not refused
+    return data
+
+
 def metric(text: str, sample: str, **labels: str) -> float:
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -178,4 +190,65 @@ def test_daemon_without_a_health_address_replicates_and_listens_nowhere(dbs, dae
     execute(dbs.src, "INSERT INTO t SELECT generate_series(1, 10)")
     wait_for_equal(dbs.src, dbs.dst, ["public.t"])
     assert "health_listening" not in d.log_text()
+    assert d.stop() == 0
+
+
+def test_connections_over_the_cap_get_503_and_the_endpoint_recovers(dbs, daemon):
+    d, port = start(dbs, daemon, health_max_connections=3)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        # the three idle connections are registered by the server before the fourth comes
+        wait_until(
+            lambda: first_bytes_unasked(port).startswith(b"HTTP/1.1 503 "),
+            timeout=10,
+            reason="a connection over health_max_connections is refused with 503",
+        )
+    finally:
+        for s in held:
+            s.close()
+    wait_until(
+        lambda: http_get(port, "/healthz") == (200, b"ok\n"),
+        timeout=30,
+        reason="below the cap again, the endpoint answers",
+    )
+    assert d.alive()
+    assert d.stop() == 0
+
+
+def test_a_read_only_target_is_retried_and_readyz_says_why(dbs, daemon):
+    d, port = start(dbs, daemon)
+    execute(dbs.src, "INSERT INTO t SELECT g, 'before' FROM generate_series(1, 50) g")
+    wait_for_equal(dbs.src, dbs.dst, ["public.t"])
+    admin = dbs.pair.dst.conninfo()  # ALTER DATABASE cannot run inside the read-only one
+    execute(admin, f'ALTER DATABASE "{dbs.name}" SET default_transaction_read_only = on')
+    # the daemon's sessions predate the setting: end them, as a failover would
+    execute(
+        admin,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE datname = '{dbs.name}' AND application_name LIKE 'replicator:%'",
+    )
+    execute(dbs.src, "INSERT INTO t SELECT g, 'during' FROM generate_series(51, 100) g")
+
+    def not_ready_because_read_only() -> str | None:
+        status, body = http_get(port, "/readyz")
+        if status != 503:
+            return None
+        reasons = [r["reason"] for r in orjson.loads(body)["reasons"]]
+        return next((r for r in reasons if "read-only" in r), None)
+
+    reason = wait_until(
+        not_ready_because_read_only, timeout=60, reason="/readyz: not ready, target read-only"
+    )
+    assert reason.startswith("state is retrying: a database is read-only")
+    assert "25006" in reason
+    wait_until(
+        lambda: d.log_text().count('"pipeline_retry"') >= 2,
+        timeout=60,
+        reason="the daemon retries the read-only target more than once",
+    )
+    assert d.alive()
+    assert "pipeline_failed" not in d.log_text()
+    execute(admin, f'ALTER DATABASE "{dbs.name}" RESET default_transaction_read_only')
+    wait_for_equal(dbs.src, dbs.dst, ["public.t"], timeout=120)
+    wait_until(lambda: http_get(port, "/readyz")[0] == 200, timeout=60, reason="ready again")
     assert d.stop() == 0

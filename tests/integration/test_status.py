@@ -110,3 +110,8 @@ def test_status_reports_an_unreachable_database_and_exits_1(dbs: DbPair, tmp_pat
     assert st["problems"][0].startswith("src: cannot connect")
     assert "s3cr3t" not in text
     assert "PROBLEM" in text
+    # not "missing": that would invite a destructive `resync --all` over an outage
+    assert st["slot"]["exists"] is None
+    assert st["source_reachable"] is False
+    assert f"replicator_{dbs.pipeline}: unknown, source unreachable" in text
+    assert "missing" not in text

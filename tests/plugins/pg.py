@@ -297,7 +297,7 @@ _LOG_TAIL_LINES = 80
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """A failed test that ran daemons shows the end of their logs: a CI failure can then be
-    read from its output alone. The logs hold no unmasked values (see test_masking)."""
+    read from its output alone. The logs hold no unmasked values (see test_leaks)."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     if report.when != "call" or not report.failed:

@@ -23,6 +23,9 @@ from replicator.errors import SlotError
         (psycopg.errors.AdminShutdown(), Directive.RETRY),
         (psycopg.errors.SerializationFailure(), Directive.RETRY),
         (psycopg.errors.ObjectInUse(), Directive.RETRY),
+        # a hot standby, a demoted primary, default_transaction_read_only: retry
+        (psycopg.errors.ReadOnlySqlTransaction(), Directive.RETRY),
+        (psycopg.errors.IdleInTransactionSessionTimeout(), Directive.RETRY),
         (psycopg.errors.UniqueViolation(), Directive.DEAD_LETTER),
         (psycopg.errors.InvalidTextRepresentation(), Directive.DEAD_LETTER),
         (psycopg.errors.UndefinedTable(), Directive.STOP),
@@ -34,3 +37,13 @@ from replicator.errors import SlotError
 )
 def test_directive(exc: BaseException, directive: Directive) -> None:
     assert classify(exc) is directive
+
+
+def test_retry_reason_says_a_database_is_read_only():
+    from replicator.classify import retry_reason  # noqa: PLC0415
+
+    assert "read-only" in retry_reason(psycopg.errors.ReadOnlySqlTransaction())
+    assert "read-only" in retry_reason(
+        ExceptionGroup("task group", [psycopg.errors.ReadOnlySqlTransaction()])
+    )
+    assert retry_reason(psycopg.OperationalError("refused")) == "connection lost or refused"

@@ -73,6 +73,13 @@ conflict = "target_wins"
 """
 
 
+PUB_RULE = (
+    "must be 1-63 characters of a-z, 0-9, _ and $, not starting with a digit or $ (pgoutput "
+    "reads a comma-separated, case-folded list: anything else names another publication, "
+    "or several)"
+)
+
+
 def write(tmp_path: Path, text: str, name: str = "replicator.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -318,11 +325,36 @@ BAD = [
         ["pipeline[0].slot: slot name 'Bad Slot' must be 1-63 characters of a-z0-9_"],
     ),
     (
+        "publication-with-a-comma",
+        _pipeline(publication="pub_a,pub_b"),
+        ["pipeline[0].publication: publication name 'pub_a,pub_b' " + PUB_RULE],
+    ),
+    (
+        "publication-with-upper-case",
+        _pipeline(publication="MyPub"),
+        ["pipeline[0].publication: publication name 'MyPub' " + PUB_RULE],
+    ),
+    (
+        "publication-with-a-space",
+        _pipeline(publication="pub a"),
+        ["pipeline[0].publication: publication name 'pub a' " + PUB_RULE],
+    ),
+    (
+        "publication-quoted",
+        _pipeline(publication='"pub"'),
+        ["pipeline[0].publication: publication name '\"pub\"' " + PUB_RULE],
+    ),
+    (
         "bad-proto-version",
         _pipeline(proto_version=5),
         ["pipeline[0].proto_version: input should be 1, 2, 3 or 4"],
     ),
     ("no-databases", lambda d: d.pop("databases"), ["databases: required"]),
+    (
+        "health-max-connections-zero",
+        lambda d: d.setdefault("service", {}).update(health_max_connections=0),
+        ["service.health_max_connections: input should be greater than or equal to 1"],
+    ),
     (
         "unterminated-quoted-table-name",
         _table(0, source='s."open'),

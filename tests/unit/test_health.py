@@ -114,8 +114,19 @@ def test_a_starting_pipeline_with_a_copy_under_way_is_copying():
             FakePipeline(stats=PipelineStats(state=State.FAILED, last_error="SlotError: gone")),
             "state is failed: SlotError: gone",
         ),
+        (
+            FakePipeline(
+                stats=PipelineStats(
+                    state=State.RETRYING,
+                    retry_reason="a database is read-only (hot standby, ...)",
+                    last_error="ReadOnlySqlTransaction [25006]: cannot execute CREATE SCHEMA",
+                )
+            ),
+            "state is retrying: a database is read-only (hot standby, ...) (last error: "
+            "ReadOnlySqlTransaction [25006]",
+        ),
     ],
-    ids=["caught-up", "lag-under", "lag-over", "starting", "copying", "failed"],
+    ids=["caught-up", "lag-under", "lag-over", "starting", "copying", "failed", "retrying"],
 )
 def test_readiness_names_the_pipeline_and_why(pipeline, reason):
     found = readiness([pipeline], SERVICE, NOW)
