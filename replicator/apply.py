@@ -271,9 +271,9 @@ class TargetSession:
             self._dirty.add(plan.target.oid)
             deleted = updated = inserted = 0
             if tb.deleted:
-                logged = cur.rowcount  # every logged delete is a missing row
+                missing, logged = await cur.fetchone()  # type: ignore[misc]
                 counts.conflicts += logged
-                counts.delete_missing += logged
+                counts.delete_missing += missing
                 cur.nextset()
                 deleted = cur.rowcount
                 cur.nextset()

@@ -158,11 +158,32 @@ SELECT c.oid, c.relreplident, a.attname, a.atttypid, a.atttypmod,
 """
 
 
-async def read_source_relation(conn: AsyncConnection, name: QualifiedName) -> Relation:
-    """What the Relation message for ``name`` will say, read ahead from the catalog."""
-    oid = await table_oid(conn, name)
-    if oid is None:
+async def relation_name(conn: AsyncConnection, oid: int) -> QualifiedName | None:
+    """The current name of the table with this OID, if it still exists."""
+    cur = await conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = %s AND c.relkind IN ('r', 'p')",
+        [oid],
+    )
+    row = await cur.fetchone()
+    return QualifiedName(row[0], row[1]) if row else None
+
+
+async def read_source_relation(
+    conn: AsyncConnection, name: QualifiedName, *, oid: int | None = None
+) -> Relation:
+    """What the Relation message for ``name`` will say, read ahead from the catalog.
+
+    ``oid``: the table's OID as last seen, for a table renamed since (no table has
+    ``name`` now, the one with ``oid`` still exists). The relation is then still
+    described under ``name``, the name the config and the control tables know it by."""
+    found = await table_oid(conn, name)
+    if found is None and oid is not None and await relation_name(conn, oid) is not None:
+        found = oid
+    if found is None:
         raise SchemaError(f"source table {name} does not exist")
+    oid = found
     cur = await conn.execute(_SOURCE_SQL, {"oid": oid})
     rows = await cur.fetchall()
     identity = rows[0][1] if rows else "d"

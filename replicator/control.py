@@ -10,10 +10,11 @@ I/O. The DDL is idempotent; ``sql/target/control.sql`` is the same text for DBAs
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
 from replicator.config import QualifiedName
 from replicator.lsn import Lsn
@@ -62,11 +63,39 @@ async def write_pipeline(
     )
 
 
-async def forget_pipeline(conn: AsyncConnection, pipeline: str) -> None:
-    """For a full resync: the next run starts like the first one."""
+async def forget_pipeline(conn: AsyncConnection, pipeline: str, origin: str) -> None:
+    """For a full resync: the next run starts like the first one, origin progress too."""
     await conn.execute("DELETE FROM replicator.copy_ranges WHERE pipeline = %s", [pipeline])
     await conn.execute("DELETE FROM replicator.tables WHERE pipeline = %s", [pipeline])
     await conn.execute("DELETE FROM replicator.pipelines WHERE pipeline = %s", [pipeline])
+    await reset_origin(conn, origin)
+
+
+async def reset_origin(conn: AsyncConnection, origin: str) -> None:
+    """Origin progress back to nothing, for a pipeline whose state starts afresh.
+
+    Committing a transaction under an origin only ever moves its progress forward, so
+    after the source's position went backward (a restore, a rebuilt server) the old,
+    higher position would stay and every later start would resume past the new slot's
+    changes. ``conn`` must not hold the origin in its session (nobody may)."""
+    await conn.execute(
+        "SELECT pg_catalog.pg_replication_origin_advance(%s, '0/0')"
+        " WHERE CASE WHEN pg_catalog.pg_replication_origin_oid(%s) IS NULL THEN false"
+        " ELSE coalesce(pg_catalog.pg_replication_origin_progress(%s, false) <> '0/0', false)"
+        " END",
+        [origin, origin, origin],
+    )
+
+
+async def source_position(conn: AsyncConnection) -> Lsn:
+    """The source's current WAL position (a standby's: what it has replayed)."""
+    cur = await conn.execute(
+        "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery()"
+        " THEN pg_catalog.pg_last_wal_replay_lsn()"
+        " ELSE pg_catalog.pg_current_wal_lsn() END)::text"
+    )
+    row = await cur.fetchone()
+    return Lsn(row[0]) if row and row[0] else Lsn(0)
 
 
 # --- tables ---------------------------------------------------------------------------
@@ -82,19 +111,92 @@ class TableState:
     skip_until: Lsn | None
     rows: int
     bytes: int
+    relation_id: int | None = None  # the source table's OID when last seen
 
 
 async def read_tables(conn: AsyncConnection, pipeline: str) -> dict[QualifiedName, TableState]:
     cur = await conn.execute(
-        "SELECT source_schema, source_table, state, skip_until::text, rows_copied, bytes_copied"
-        " FROM replicator.tables WHERE pipeline = %s",
+        "SELECT source_schema, source_table, state, skip_until::text, rows_copied, bytes_copied,"
+        " relation_id FROM replicator.tables WHERE pipeline = %s",
         [pipeline],
     )
     out = {}
-    for schema, name, state, skip, rows, nbytes in await cur.fetchall():
+    for schema, name, state, skip, rows, nbytes, oid in await cur.fetchall():
         q = QualifiedName(schema, name)
-        out[q] = TableState(q, state, Lsn(skip) if skip else None, rows or 0, nbytes or 0)
+        out[q] = TableState(
+            q, state, Lsn(skip) if skip else None, rows or 0, nbytes or 0, oid and int(oid)
+        )
     return out
+
+
+async def read_relation_ids(conn: AsyncConnection, pipeline: str) -> dict[QualifiedName, int]:
+    """The source OIDs recorded for a pipeline's tables (none before its first run)."""
+    cur = await conn.execute(
+        "SELECT source_schema, source_table, relation_id FROM replicator.tables"
+        " WHERE pipeline = %s AND relation_id IS NOT NULL",
+        [pipeline],
+    )
+    return {QualifiedName(s, t): int(oid) for s, t, oid in await cur.fetchall()}
+
+
+async def record_relation_ids(
+    conn: AsyncConnection, pipeline: str, ids: dict[QualifiedName, int]
+) -> None:
+    """Remember each configured table's source OID, so a rename is followed after a
+    restart too."""
+    for name, oid in ids.items():
+        await conn.execute(
+            "UPDATE replicator.tables SET relation_id = %s"
+            " WHERE pipeline = %s AND source_schema = %s AND source_table = %s"
+            " AND relation_id IS DISTINCT FROM %s",
+            [oid, pipeline, name.schema, name.name, oid],
+        )
+
+
+async def adopt_renamed(
+    conn: AsyncConnection, pipeline: str, ids: dict[QualifiedName, int]
+) -> None:
+    """The config now names a renamed table by its new name: the row recorded under the
+    old name (same OID) carries over, copy state and skip position with it."""
+    for name, oid in ids.items():
+        cur = await conn.execute(
+            "SELECT source_schema, source_table FROM replicator.tables"
+            " WHERE pipeline = %s AND relation_id = %s"
+            " AND (source_schema, source_table) <> (%s, %s)"
+            " AND NOT EXISTS (SELECT 1 FROM replicator.tables"
+            "  WHERE pipeline = %s AND source_schema = %s AND source_table = %s)",
+            [pipeline, oid, name.schema, name.name, pipeline, name.schema, name.name],
+        )
+        row = await cur.fetchone()
+        if row is None:
+            continue
+        for table in ("copy_ranges", "tables"):
+            await conn.execute(
+                sql.SQL(
+                    "UPDATE replicator.{} SET source_schema = %s, source_table = %s"
+                    " WHERE pipeline = %s AND source_schema = %s AND source_table = %s"
+                ).format(sql.Identifier(table)),
+                [name.schema, name.name, pipeline, row[0], row[1]],
+            )
+
+
+async def forget_tables(
+    conn: AsyncConnection, pipeline: str, configured: Iterable[QualifiedName]
+) -> list[QualifiedName]:
+    """Drop the rows of tables no longer in the config: their changes are not applied
+    while they are out, so one added back later must be copied again, as a new one is."""
+    keep = {(q.schema, q.name) for q in configured}
+    gone = [q for q in await read_tables(conn, pipeline) if (q.schema, q.name) not in keep]
+    for q in gone:
+        for table in ("copy_ranges", "tables"):
+            await conn.execute(
+                sql.SQL(
+                    "DELETE FROM replicator.{} WHERE pipeline = %s"
+                    " AND source_schema = %s AND source_table = %s"
+                ).format(sql.Identifier(table)),
+                [pipeline, q.schema, q.name],
+            )
+    return gone
 
 
 async def write_table(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import struct
 import time
@@ -31,8 +32,8 @@ from replicator import control, resync, slotwatch
 from replicator.apply import ApplyCounts, TargetSession
 from replicator.assembler import CHANGE_TAGS, Assembler, NonTransactional, TxnChunk
 from replicator.batching import TableBatch, TxnRef
-from replicator.catalog import read_source_relation, read_target_table
-from replicator.config import Config, PipelineConfig, QualifiedName
+from replicator.catalog import read_source_relation, read_target_table, relation_name
+from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
 from replicator.errors import MaskingError, ProtocolError, SchemaError, SlotError
 from replicator.feedback import Feedback
 from replicator.handoff import Handoff
@@ -147,10 +148,17 @@ class Pipeline:
             plans = await self._preflight(target)
             self._plans_by_name = plans
             source, start = await Startup(cfg, pipe, target, plans, self.stats).prepare()
+            # a table out of the config had its changes dropped: forget it, so that once
+            # it is back it is copied again like any added table (one renamed on the source
+            # and now configured under its new name is the same table: it carries over)
+            relation_ids = {n: p.relation_id for n, p in plans.items()}
+            await control.adopt_renamed(target.conn, pipe.name, relation_ids)
+            await control.forget_tables(target.conn, pipe.name, plans.keys())
             tables = await control.read_tables(target.conn, pipe.name)
             self._skip_by_name = skip_positions(tables)
             for name in plans.keys() - tables.keys():  # added to the config since: copy it
                 await control.write_table(target.conn, pipe.name, name, "resync")
+            await control.record_relation_ids(target.conn, pipe.name, relation_ids)
             # the slot's confirmed point never passes origin progress, so confirming `start`
             # again is safe and gives idle-progress decisions the right baseline
             self._feedback.on_committed(start)
@@ -195,9 +203,19 @@ class Pipeline:
             autocommit=True,
             application_name=f"replicator:{pipe.name}:check",
         ) as src:
+            known = await control.read_relation_ids(target.conn, pipe.name)
             for table in pipe.tables:
                 try:
-                    rel = await read_source_relation(src, table.source)
+                    rel = await read_source_relation(src, table.source, oid=known.get(table.source))
+                    now_named = await relation_name(src, rel.relation_id)
+                    if now_named is not None and now_named != table.source:
+                        self.log.warning(
+                            "relation_renamed",
+                            relation=str(table.source),
+                            new_name=str(now_named),
+                            relation_id=rel.relation_id,
+                            fix="followed by its OID; update the config's `source`",
+                        )
                     facts = await read_target_table(target.conn, table.target_name)
                     plans[table.source] = build_plan(
                         rel,
@@ -683,7 +701,14 @@ class Pipeline:
         if tb:  # the shape changes: apply what was folded under the old one first
             await self._flush_one(target, tb)
         self._relations[rid] = rel
-        table = self.pipe.table_for(rel.namespace or "pg_catalog", rel.relation_name)
+        table = self._renamed_table(rel)
+        if table is not None:
+            # a configured table renamed on the source: same OID, same target, same masks
+            rel = dataclasses.replace(
+                rel, namespace=table.source.schema, relation_name=table.source.name
+            )
+        else:
+            table = self.pipe.table_for(rel.namespace or "pg_catalog", rel.relation_name)
         if table is None:
             self.log.warning("relation_not_configured", relation=rel.qualified_name)
             self._plans[rid] = None
@@ -713,6 +738,30 @@ class Pipeline:
             key=list(plan.key_columns),
             masked=sorted(plan.masked),
         )
+
+    def _renamed_table(self, rel: Relation) -> TableConfig | None:
+        """The configured table this relation is, by its OID, when it goes by another
+        name now (renamed while streaming, or before this start)."""
+        plan = next(
+            (p for p in self._plans_by_name.values() if p.relation_id == rel.relation_id), None
+        )
+        if plan is None:
+            return None
+        if (rel.namespace or "pg_catalog", rel.relation_name) == (
+            plan.source.schema,
+            plan.source.name,
+        ):
+            return None
+        table = self.pipe.table_for(plan.source.schema, plan.source.name)
+        if table is not None:
+            self.log.warning(
+                "relation_renamed",
+                relation=str(plan.source),
+                new_name=rel.qualified_name,
+                relation_id=rel.relation_id,
+                fix="followed by its OID; update the config's `source`",
+            )
+        return table
 
     async def _on_truncate(self, target: TargetSession, msg: Truncate) -> None:
         await self._settle()

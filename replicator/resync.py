@@ -34,7 +34,7 @@ from replicator.errors import SchemaError
 from replicator.lsn import Lsn
 from replicator.mapping import TablePlan
 from replicator.protocol.messages import Begin
-from replicator.snapshot import CopyWorker
+from replicator.snapshot import CopyWorker, snapshot_clock
 from replicator.stats import TableProgress
 from replicator.stream import ReplicationConnection
 
@@ -93,6 +93,7 @@ async def copy_table(
             "SELECT relkind = 'p' FROM pg_catalog.pg_class WHERE oid = %s", [sync.plan.relation_id]
         )
         partitioned = bool((await cur.fetchone() or [False])[0])
+        clock = await snapshot_clock(src)
     repl = await ReplicationConnection.connect(
         src_dsn, application_name=f"replicator:{pipe.name}:resync"
     )
@@ -126,6 +127,7 @@ async def copy_table(
                 partitioned=partitioned,
                 on_rows=on_rows,
                 record=False,
+                snapshot_time=clock,
             )
         finally:
             await worker.close()

@@ -3,8 +3,9 @@
 ``--table``: mark the table ``resync`` on the target and NOTIFY the daemon, which
 copies it under a fresh snapshot while the pipeline streams (see
 :mod:`replicator.resync`); a daemon that is down does it at its next start.
-``--all``: with the daemon stopped, drop the pipeline's slot and forget its state:
-the next run creates a new slot and copies every table, as a first run does.
+``--all``: with the daemon stopped, drop the pipeline's slot and forget its state and
+its origin progress: the next run creates a new slot and copies every table, as a first
+run does (a source whose position went backward, after a restore, starts over right).
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ async def resync_all(config: Config, pipes: Sequence[PipelineConfig]) -> list[st
             config.databases[pipe.to].dsn.secret_value, autocommit=True
         ) as dst:
             await control.ensure_schema(dst)
-            await control.forget_pipeline(dst, pipe.name)
+            await control.forget_pipeline(dst, pipe.name, pipe.origin_name)
         lines.append(
-            f"{pipe.name}: state forgotten; the next `replicator run` creates a new "
-            f"slot and copies every table ({pipe.snapshot})"
+            f"{pipe.name}: state and origin progress forgotten; the next `replicator run` "
+            f"creates a new slot and copies every table ({pipe.snapshot})"
         )
     return lines

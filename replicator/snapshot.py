@@ -253,6 +253,19 @@ class _CopyOut:
             raise error
 
 
+async def snapshot_clock(src: AsyncConnection) -> int:
+    """The source's clock, read just before a snapshot is taken (pg microseconds).
+
+    Copied rows commit with it as their commit timestamp (origin xact setup), not the
+    copy's own commit time: they hold the source as of the snapshot, so under
+    ``target_wins`` every change the stream brings from after the snapshot is newer
+    than them and wins, however long the copy took."""
+    cur = await src.execute("SELECT pg_catalog.clock_timestamp()")
+    row = await cur.fetchone()
+    assert row is not None
+    return datetime_to_pg_timestamp(row[0])
+
+
 class CopyWorker:
     """One source and one target connection; copies ranges one after another."""
 
@@ -299,6 +312,7 @@ class CopyWorker:
         partitioned: bool,
         on_rows: Callable[[int, int], None],
         record: bool = True,
+        snapshot_time: int | None = None,
     ) -> tuple[int, int]:
         """Copy one range in one target transaction. If the target rejects a row, the
         range is copied again through the apply's own path, where rejected rows go to
@@ -317,6 +331,7 @@ class CopyWorker:
             "pipeline": pipeline,
             "truncate_first": truncate_first,
             "partitioned": partitioned,
+            "snapshot_time": snapshot_time,
         }
         try:
             return await self._attempt(plan, rng, merge=merge, on_rows=track, **args)
@@ -339,8 +354,12 @@ class CopyWorker:
         partitioned: bool,
         on_rows: Callable[[int, int], None],
         record: bool = True,
+        snapshot_time: int | None = None,
     ) -> tuple[int, int]:
         src, target = self.src, self.target
+        when = datetime_to_pg_timestamp(dt.datetime.now(dt.UTC))
+        if snapshot_time is not None:
+            when = snapshot_time  # see snapshot_clock
         await src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             if snapshot:
@@ -351,15 +370,17 @@ class CopyWorker:
             if truncate_first:
                 await target.truncate([plan.target.name], restart_identity=False)
             if merge:
-                rows, nbytes = await self._merge(plan, rng, partitioned, on_rows, snapshot_lsn)
+                rows, nbytes = await self._merge(
+                    plan, rng, partitioned, on_rows, Begin(snapshot_lsn, when, 0)
+                )
             else:
                 rows, nbytes = await self._copy(plan, rng, partitioned, on_rows)
             if record:  # the initial copy's ranges; a resync is one transaction anyway
                 await control.mark_range_done(
                     target.conn, pipeline, rng, rows=rows, nbytes=nbytes, lsn=snapshot_lsn
                 )
-            await target.conn.execute("COMMIT")
-            target.in_transaction = False
+            # the rows commit as of the snapshot, with its position and its time
+            await target.commit(snapshot_lsn, when)
         except BaseException:
             await target.rollback()
             raise
@@ -419,15 +440,12 @@ class CopyWorker:
         rng: control.CopyRange,
         partitioned: bool,
         on_rows: Callable[[int, int], None],
-        snapshot_lsn: Lsn,
+        snapshot: Begin,
     ) -> tuple[int, int]:
         """Merge into existing rows: the staged upsert of the stream's insert path (and
         its dead letters, which name the snapshot's position as their source LSN)."""
         rows = nbytes = 0
-        tb = TableBatch(
-            plan,
-            ref=TxnRef(Begin(snapshot_lsn, datetime_to_pg_timestamp(dt.datetime.now(dt.UTC)), 0)),
-        )
+        tb = TableBatch(plan, ref=TxnRef(snapshot))
         reader = _CopyOut(self.src)
         await reader.start(_select(plan, rng, partitioned))
         try:
@@ -467,6 +485,7 @@ async def run_copy(
     merge: bool,
     progress: dict[QualifiedName, TableProgress],
     log: structlog.stdlib.BoundLogger,
+    snapshot_time: int | None = None,
 ) -> None:
     """Copy ``ranges`` (plan, range, partitioned) with up to ``workers`` in parallel.
 
@@ -503,6 +522,7 @@ async def run_copy(
                             truncate_first=False,
                             partitioned=partitioned,
                             on_rows=on_rows,
+                            snapshot_time=snapshot_time,
                         )
                         break
                     except psycopg.OperationalError:

@@ -462,16 +462,34 @@ def log_insert_conflicts(plan: TablePlan, pipeline: str) -> sql.Composed | None:
 
 
 def log_delete_conflicts(plan: TablePlan, pipeline: str) -> sql.Composed:
-    """Before the DELETE: staged deletes whose row the target does not have."""
-    return _conflict_insert(plan, pipeline) + sql.SQL(
-        "{key}, 'delete_missing', 'target', s._lsn, {ts} FROM {stage} AS s"
-        " WHERE s._op = 'D' AND NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {m})"
-    ).format(
-        key=_key_json(plan, "s", "k"),
-        ts=_stage_time("s"),
-        stage=stage_name(plan),
-        t=table_ident(plan.target.name),
-        m=_match(plan, "t", "s"),
+    """Before the DELETE, one statement returning one row (deletes whose row the target
+    does not have, conflicts logged): the staged deletes that will not delete, because
+    the row is missing or, under target_wins, was changed here after the delete."""
+    t = table_ident(plan.target.name)
+    exists = sql.SQL("EXISTS (SELECT 1 FROM {t} AS t WHERE {m})").format(
+        t=t, m=_match(plan, "t", "s")
+    )
+    refused: sql.Composable = sql.SQL("")
+    if plan.conflict.rule == "target_wins" and plan.commit_timestamps:
+        # the row exists but delete_from_stage's guard keeps it: the later change here wins
+        refused = sql.SQL(" OR NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {m}{g})").format(
+            t=t, m=_match(plan, "t", "s"), g=_local_not_newer(plan, "s")
+        )
+    return (
+        sql.SQL("WITH c AS (")
+        + _conflict_insert(plan, pipeline)
+        + sql.SQL(
+            "{key}, CASE WHEN {exists} THEN 'delete_older' ELSE 'delete_missing' END,"
+            " 'target', s._lsn, {ts} FROM {stage} AS s"
+            " WHERE s._op = 'D' AND (NOT {exists}{refused}) RETURNING kind)"
+            " SELECT count(*) FILTER (WHERE kind = 'delete_missing'), count(*) FROM c"
+        ).format(
+            key=_key_json(plan, "s", "k"),
+            exists=exists,
+            ts=_stage_time("s"),
+            stage=stage_name(plan),
+            refused=refused,
+        )
     )
 
 

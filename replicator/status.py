@@ -23,7 +23,8 @@ import orjson
 import psycopg
 from psycopg import AsyncConnection
 
-from replicator.config import Config, PipelineConfig
+from replicator.catalog import relation_name
+from replicator.config import Config, PipelineConfig, QualifiedName
 from replicator.errors import describe_error
 from replicator.lsn import Lsn
 from replicator.preflight.checks import connect
@@ -113,6 +114,12 @@ async def read_status(config: Config) -> list[PipelineStatus]:
                     await reader(conn, pipe, st)
                 except psycopg.Error as exc:
                     st.problems.append(f"{side} {db}: {describe_error(exc)}")
+            src, dst = conns[pipe.from_], conns[pipe.to]
+            if not isinstance(src, str) and not isinstance(dst, str):
+                try:
+                    await _read_renames(src, dst, pipe, st)
+                except psycopg.Error as exc:
+                    st.problems.append(f"renamed tables: {describe_error(exc)}")
             compute_lag(st)
             out.append(st)
         return out
@@ -213,6 +220,31 @@ async def _read_target(conn: AsyncConnection, pipe: PipelineConfig, st: Pipeline
         {"p": pipe.name},
     )
     st.dead_letters, st.conflicts = await cur.fetchone()  # type: ignore[misc]
+
+
+async def _read_renames(
+    src: AsyncConnection, dst: AsyncConnection, pipe: PipelineConfig, st: PipelineStatus
+) -> None:
+    """Configured tables that go by another name on the source now: the daemon follows
+    them by the OID it recorded, and the config should be updated."""
+    cur = await dst.execute("SELECT to_regclass('replicator.tables') IS NOT NULL")
+    if not (await cur.fetchone())[0]:  # type: ignore[index]
+        return
+    # to_jsonb: relation_id is missing where control.sql is older
+    cur = await dst.execute(
+        "SELECT t.source_schema, t.source_table, (to_jsonb(t) ->> 'relation_id')::oid"
+        " FROM replicator.tables t WHERE t.pipeline = %s ORDER BY 1, 2",
+        [pipe.name],
+    )
+    for schema, name, oid in await cur.fetchall():
+        if oid is None:
+            continue
+        now_named = await relation_name(src, int(oid))
+        if now_named is not None and now_named != QualifiedName(schema, name):
+            st.notes.append(
+                f"source table {schema}.{name} was renamed to {now_named}: the pipeline "
+                f'follows it by its OID; update the config (source = "{now_named}")'
+            )
 
 
 def compute_lag(st: PipelineStatus) -> None:

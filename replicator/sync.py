@@ -39,7 +39,13 @@ from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan
 from replicator.preflight.rules import copy_truncate_findings
 from replicator.protocol.messages import datetime_to_pg_timestamp
-from replicator.snapshot import CopyWorker, TableProgress, plan_table_ranges, run_copy
+from replicator.snapshot import (
+    CopyWorker,
+    TableProgress,
+    plan_table_ranges,
+    run_copy,
+    snapshot_clock,
+)
 from replicator.stats import PipelineStats
 from replicator.stream import ReplicationConnection
 
@@ -89,14 +95,49 @@ class Startup:
                     "never recreated silently (changes since it went are lost). "
                     "Run `replicator resync --all` for a new slot and a full copy"
                 )
+            progress = await self.target.progress()
             if state.state == "copying":
                 assert state.consistent_lsn is not None
-                await self._resume_copy(state.consistent_lsn)
+                await self._refuse_progress_ahead(src, max(progress, state.consistent_lsn))
+                await self._resume_copy(src, state.consistent_lsn)
                 start = state.consistent_lsn
             else:
-                start = await self.target.progress()
+                start = progress
+                await self._refuse_progress_ahead(src, start)
         repl = await self._connect()
         return repl, start
+
+    async def _refuse_progress_ahead(self, src: AsyncConnection, start: Lsn) -> None:
+        """Progress past the source's WAL means the source went back in time (a restore, a
+        rebuilt server): resuming there would skip, and confirm away, every new change."""
+        current = await control.source_position(src)
+        if start > current:
+            pipe = self.pipe
+            raise SlotError(
+                f"pipeline {pipe.name!r}: origin {pipe.origin_name!r} on {pipe.to!r} has "
+                f"progress {start}, ahead of the source {pipe.from_!r}'s current WAL position "
+                f"{current}: the source went back (restored, rebuilt or pointed elsewhere) and "
+                "resuming would skip every new change. Stop the daemon and run "
+                "`replicator resync --all --pipeline "
+                f"{pipe.name}` for a new slot, a full copy and reset progress"
+            )
+
+    async def _reset_progress(self) -> None:
+        """A pipeline starting afresh starts from no progress: committing under an origin
+        only moves it forward, so progress left from an earlier life of the pipeline (or
+        of its source) would win over the new slot's positions at the next start."""
+        progress = await self.target.progress()
+        if progress == INVALID_LSN:
+            return  # the usual first run: nothing to reset
+        conn, origin = self.target.conn, self.target.origin
+        self.log.warning("origin_progress_reset", origin=origin, progress=str(progress))
+        await conn.execute("SELECT pg_catalog.pg_replication_origin_session_reset()")
+        try:
+            await control.reset_origin(conn, origin)
+        finally:
+            await conn.execute(
+                "SELECT pg_catalog.pg_replication_origin_session_setup(%s)", [origin]
+            )
 
     async def _connect(self) -> ReplicationConnection:
         return await ReplicationConnection.connect(
@@ -107,6 +148,7 @@ class Startup:
         pipe = self.pipe
         if pipe.snapshot == "truncate":
             await self._check_truncatable()
+        await self._reset_progress()
         repl = await self._connect()
         try:
             if await slot_exists(src, pipe.slot_name):
@@ -121,10 +163,11 @@ class Startup:
                 await self._finish(lsn, {})
                 self.log.info("initial_copy_skipped", consistent_lsn=str(lsn))
                 return repl, lsn
+            clock = await snapshot_clock(src)
             lsn, snapshot = await repl.create_slot(pipe.slot_name, snapshot="export")
             self.log.info("slot_created", slot=pipe.slot_name, consistent_lsn=str(lsn))
             ranges = await self._plan(src, lsn)
-            await self._copy(ranges, snapshot, lsn, merge=pipe.snapshot == "merge")
+            await self._copy(ranges, snapshot, lsn, clock, merge=pipe.snapshot == "merge")
             await self._finish(lsn, {})
             return repl, lsn
         except BaseException:
@@ -168,7 +211,13 @@ class Startup:
         return ranges
 
     async def _copy(
-        self, ranges: list[control.CopyRange], snapshot: str | None, lsn: Lsn, *, merge: bool
+        self,
+        ranges: list[control.CopyRange],
+        snapshot: str | None,
+        lsn: Lsn,
+        clock: int,
+        *,
+        merge: bool,
     ) -> None:
         pipe = self.pipe
         items = []
@@ -204,6 +253,7 @@ class Startup:
             merge=merge,
             progress=self.progress,
             log=self.log,
+            snapshot_time=clock,
         )
         elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds()
         rows = sum(p.rows for p in self.progress.values())
@@ -217,7 +267,7 @@ class Startup:
             row = await cur.fetchone()
         return bool(row and row[0] == "p")
 
-    async def _resume_copy(self, consistent: Lsn) -> None:
+    async def _resume_copy(self, src: AsyncConnection, consistent: Lsn) -> None:
         remaining = [
             r for r in await control.read_ranges(self.target.conn, self.pipe.name) if not r.done
         ]
@@ -226,12 +276,13 @@ class Startup:
             raise SlotError(f"initial copy of {missing[0].table} cannot resume: not configured")
         temp = await self._connect()
         try:
+            clock = await snapshot_clock(src)
             lsn, snapshot = await temp.create_slot(
                 f"{self.pipe.slot_name}_resume_{os.getpid()}", temporary=True, snapshot="export"
             )
             self.log.info("initial_copy_resumed", ranges=len(remaining), snapshot_lsn=str(lsn))
             # rows already there (copied before the crash, or moved in since) merge by key
-            await self._copy(remaining, snapshot, lsn, merge=True)
+            await self._copy(remaining, snapshot, lsn, clock, merge=True)
         finally:
             await temp.close()
         # rows matched by a unique key converge when the stream replays from the first

@@ -18,7 +18,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from replicator import control
-from replicator.catalog import read_source_relation, read_target_table, table_oid, truncate_facts
+from replicator.catalog import (
+    read_source_relation,
+    read_target_table,
+    relation_name,
+    table_oid,
+    truncate_facts,
+)
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
 from replicator.errors import MaskingError, SchemaError, describe_error
 from replicator.mapping import TablePlan, build_plan
@@ -50,6 +56,9 @@ ORIGIN_FUNCTIONS: Final = (
     "pg_replication_origin_session_setup",
     "pg_replication_origin_session_progress",
     "pg_replication_origin_xact_setup",
+    # a pipeline started afresh (first run, resync --all) resets its origin's progress
+    "pg_replication_origin_session_reset",
+    "pg_replication_origin_advance",
 )
 TARGET_TABLE_PRIVILEGES: Final = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
 MIN_TESTED_VERSION: Final = 150000
@@ -522,6 +531,34 @@ class Preflight:
         except psycopg.errors.InsufficientPrivilege:
             return False  # reported by the control-schema check
 
+    async def _renamed(
+        self, pipe: PipelineConfig, table: TableConfig, src: _Db, dst: _Db
+    ) -> int | None:
+        """A configured table renamed on the source since the pipeline last saw it: the
+        daemon follows it by the OID it recorded (a warning: the config wants updating)."""
+        try:
+            async with dst.conn.transaction(force_rollback=True):
+                cur = await dst.conn.execute("SELECT to_regclass('replicator.tables') IS NOT NULL")
+                if not (await cur.fetchone())[0]:  # type: ignore[index]
+                    return None
+                oid = (await control.read_relation_ids(dst.conn, pipe.name)).get(table.source)
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedColumn):
+            return None  # reported by the control-schema check, or not recorded yet
+        now_named = None if oid is None else await relation_name(src.conn, oid)
+        if now_named is None:
+            return None
+        self.report.add(
+            Finding(
+                "warning",
+                "table",
+                f"{pipe.from_}:{table.source}",
+                f"renamed on the source to {now_named}: the pipeline follows it by its OID ({oid})",
+                f'update the config: source = "{now_named}", target = "{table.target_name}"',
+                pipe.name,
+            )
+        )
+        return oid
+
     async def _table(
         self,
         pipe: PipelineConfig,
@@ -534,6 +571,8 @@ class Preflight:
         src_oid = dst_oid = None
         if src is not None:
             src_oid = await table_oid(src.conn, table.source)
+            if src_oid is None and dst is not None:
+                src_oid = await self._renamed(pipe, table, src, dst)
             if src_oid is None:
                 r.add(
                     Finding(
@@ -569,7 +608,7 @@ class Preflight:
         dst_types = await read_column_types(dst.conn, dst_oid)
         self.types[(pipe.from_, table.source)] = src_types
         self.types[(pipe.to, table.target_name)] = dst_types
-        relation = await read_source_relation(src.conn, table.source)
+        relation = await read_source_relation(src.conn, table.source, oid=src_oid)
         try:
             masks = resolve_masks(
                 f"{table.source.schema}.{table.source.name}",

@@ -63,6 +63,19 @@ CREATE TABLE IF NOT EXISTS replicator.tables (
     PRIMARY KEY (pipeline, source_schema, source_table)
 );
 
+-- The source table's relation OID, as last seen: a table renamed on the source is still
+-- found by it (pgoutput names the same OID under its new name), across restarts too.
+DO $$
+BEGIN
+    -- guarded: ALTER TABLE locks the table ACCESS EXCLUSIVE even when the column exists
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                    WHERE attrelid = 'replicator.tables'::regclass
+                      AND attname = 'relation_id' AND NOT attisdropped) THEN
+        ALTER TABLE replicator.tables ADD COLUMN IF NOT EXISTS relation_id oid;
+    END IF;
+END
+$$;
+
 -- Ranges of the initial copy (by the first key column, so a row stays in its range
 -- whatever the snapshot): a crash mid-copy resumes with the ranges still missing.
 CREATE TABLE IF NOT EXISTS replicator.copy_ranges (

@@ -26,8 +26,9 @@
 --     PostgreSQL's own apply worker does, with user triggers and FK checks off.
 --   * EXECUTE on the replication-origin functions the daemon calls (PostgreSQL revokes
 --     them from PUBLIC): pg_replication_origin_create, _oid, _progress, _session_setup,
---     _session_progress, _xact_setup. Origins tag the daemon's writes (exactly-once
---     progress, loop prevention in two-way sync).
+--     _session_progress, _xact_setup, _session_reset, _advance. Origins tag the daemon's
+--     writes (exactly-once progress, loop prevention in two-way sync); a pipeline started
+--     afresh (first run, `resync --all`) resets its origin's progress.
 --   * Ownership of schema `replicator` and its control tables (sql/target/control.sql is
 --     run first): the daemon re-runs that idempotent DDL at every start, and it writes
 --     pipeline state, copy progress, dead letters and conflicts there.
@@ -150,7 +151,9 @@ BEGIN
                              'pg_replication_origin_progress',
                              'pg_replication_origin_session_setup',
                              'pg_replication_origin_session_progress',
-                             'pg_replication_origin_xact_setup')
+                             'pg_replication_origin_xact_setup',
+                             'pg_replication_origin_session_reset',
+                             'pg_replication_origin_advance')
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', r.fn, role_name);
     END LOOP;

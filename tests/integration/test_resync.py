@@ -120,3 +120,78 @@ def test_a_paused_pipeline_applies_nothing_until_resumed(dbs, daemon):
         timeout=30,
         reason="applied after resume",
     )
+
+
+def test_a_source_gone_back_is_refused_and_resync_all_starts_over_from_new_positions(dbs, daemon):
+    setup_tables(dbs)
+    d = daemon(dbs.config([{"source": "acct"}]))
+    wait_until(lambda: streaming(dbs), timeout=60, reason="streaming")
+    wait_for_equal(dbs.src, dbs.dst, ["public.acct"])
+    assert d.stop() == 0
+    # the source went back in time (a restore, a rebuilt server): the progress the target
+    # holds is far past anything the source has written
+    origin = f"replicator_{dbs.pipeline}"
+    execute(dbs.dst, f"SELECT pg_replication_origin_advance('{origin}', 'FF/0')")
+    d.start()
+    wait_until(lambda: '"pipeline_failed"' in d.log_text(), timeout=60, reason="start refused")
+    log = d.log_text()
+    assert "FF/0" in log
+    assert "ahead of the source" in log
+    assert "resync --all" in log
+    if d.alive():
+        d.stop()
+    res = run_cli("resync", "-c", str(d.config_path), "--all")
+    assert res.returncode == 0, res.stderr
+    d.start()
+    wait_until(lambda: streaming(dbs), timeout=60, reason="streaming again")
+    execute(dbs.src, "UPDATE acct SET balance = 1 WHERE id = 1")
+    wait_for_equal(dbs.src, dbs.dst, ["public.acct"])
+    # every later start resumes from the new slot's positions, not the old ones
+    assert d.stop() == 0
+    execute(dbs.src, "UPDATE acct SET balance = 2 WHERE id = 2", "INSERT INTO acct VALUES (99, 9)")
+    d.start()
+    wait_for_equal(dbs.src, dbs.dst, ["public.acct"])
+    assert scalar(dbs.dst, "SELECT balance FROM acct WHERE id = 99") == 9
+
+
+def test_a_table_removed_from_the_config_and_added_back_is_copied_again(dbs, daemon):
+    for ddl in TABLES.values():
+        execute(dbs.src, ddl)
+        execute(dbs.dst, ddl)
+    execute(
+        dbs.src,
+        "INSERT INTO acct SELECT g, 0 FROM generate_series(1, 5) g",
+        "INSERT INTO ledger (acct, amount) SELECT g, 1 FROM generate_series(1, 5) g",
+    )
+    cfg = dbs.config([{"source": "acct"}, {"source": "ledger"}])
+    d = daemon(cfg)
+    wait_until(lambda: streaming(dbs), timeout=60, reason="streaming")
+    wait_for_equal(dbs.src, dbs.dst, ["public.ledger", "public.acct"])
+
+    def reload(tables: list[dict[str, str]]) -> None:
+        starts = d.log_text().count('"pipeline_streaming"')
+        cfg["pipeline"][0]["table"] = tables
+        d.config_path.write_text(toml_dumps(cfg))
+        os.kill(d.pid, signal.SIGHUP)
+        wait_until(
+            lambda: d.log_text().count('"pipeline_streaming"') > starts,
+            timeout=60,
+            reason="restarted with the new config",
+        )
+
+    reload([{"source": "acct"}])
+    # written while ledger is out of the config; acct's change moves progress past them
+    execute(
+        dbs.src,
+        "INSERT INTO ledger (acct, amount) VALUES (1, 50), (2, 60)",
+        "UPDATE ledger SET amount = 70 WHERE id = 1",
+        "UPDATE acct SET balance = 3 WHERE id = 3",
+    )
+    wait_for_equal(dbs.src, dbs.dst, ["public.acct"])
+    reload([{"source": "acct"}, {"source": "ledger"}])
+    wait_for_equal(dbs.src, dbs.dst, ["public.ledger", "public.acct"], timeout=120)
+    wait_until(lambda: table_state(dbs, "ledger") == "ready", timeout=30, reason="ready")
+    # and it streams again
+    execute(dbs.src, "INSERT INTO ledger (acct, amount) VALUES (4, 80)")
+    wait_for_equal(dbs.src, dbs.dst, ["public.ledger"])
+    assert d.alive()

@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from tests.plugins.pg import TwoWay, run_cli
+from tests.plugins.pg import TwoWay, run_cli, wait_for_equal
 from tests.support import assert_stable, execute, scalar, snapshot, wait_until
 
 CONSENTS = """
@@ -280,3 +280,65 @@ def test_bank_transfers_are_applied_atomically_in_every_sample(two_way: TwoWay, 
         reason="caught up",
     )
     assert d.alive()
+
+
+PEOPLE = "CREATE TABLE people (id int PRIMARY KEY, v int NOT NULL)"
+
+
+def test_target_wins_keeps_source_changes_made_while_the_initial_copy_ran(dbs, daemon):
+    # track_commit_timestamp is on on the test clusters: target_wins compares commit times
+    for dsn in (dbs.src, dbs.dst):
+        execute(dsn, PEOPLE)
+    execute(dbs.src, "INSERT INTO people SELECT g, 0 FROM generate_series(1, 20) g")
+    with psycopg.connect(dbs.dst) as blocker:
+        # the copy waits on this lock after the slot (and its snapshot) exist
+        blocker.execute("LOCK TABLE people IN ACCESS SHARE MODE")
+        daemon(dbs.config([{"source": "people", "conflict": "target_wins"}]))
+        wait_until(
+            lambda: (
+                scalar(
+                    dbs.dst,
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                    " AND relation = 'public.people'::regclass AND database = (SELECT oid"
+                    " FROM pg_database WHERE datname = current_database())",
+                )
+                == 1
+            ),
+            timeout=60,
+            reason="the copy waits for the target table",
+        )
+        assert scalar(dbs.src, "SELECT count(*) FROM pg_replication_slots") == 1
+        # after the snapshot, before the copied rows commit
+        execute(
+            dbs.src,
+            "UPDATE people SET v = 1 WHERE id <= 5",
+            "DELETE FROM people WHERE id = 20",
+            "INSERT INTO people VALUES (21, 1)",
+        )
+        blocker.rollback()
+    wait_for_equal(dbs.src, dbs.dst, ["public.people"])
+    assert scalar(dbs.dst, "SELECT count(*) FROM people WHERE v = 1") == 6
+    assert scalar(dbs.dst, "SELECT count(*) FROM replicator.conflicts") == 0
+
+
+def test_target_wins_logs_a_delete_it_refuses(dbs, daemon):
+    for dsn in (dbs.src, dbs.dst):
+        execute(dsn, PEOPLE)
+    execute(dbs.src, "INSERT INTO people SELECT g, 0 FROM generate_series(1, 3) g")
+    d = daemon(dbs.config([{"source": "people", "conflict": "target_wins"}]))
+    wait_for_equal(dbs.src, dbs.dst, ["public.people"])
+    assert d.stop() == 0
+    execute(dbs.src, "DELETE FROM people WHERE id IN (1, 2)")
+    execute(dbs.dst, "UPDATE people SET v = 5 WHERE id = 1")  # changed here after the delete
+    d.start()
+    wait_until(
+        lambda: scalar(dbs.dst, "SELECT count(*) FROM people WHERE id = 2") == 0,
+        timeout=60,
+        reason="the delete of an untouched row applies",
+    )
+    assert scalar(dbs.dst, "SELECT v FROM people WHERE id = 1") == 5  # the target's row won
+    with psycopg.connect(dbs.dst) as conn:
+        logged = conn.execute(
+            "SELECT key, kind, winner, source_lsn IS NOT NULL FROM replicator.conflicts"
+        ).fetchall()
+    assert logged == [({"id": "1"}, "delete_older", "target", True)]

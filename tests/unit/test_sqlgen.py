@@ -205,6 +205,23 @@ def test_on_conflict_follows_the_table_conflict_rule(
     assert text(sqlgen.on_conflict(plan)) == expected
 
 
+@pytest.mark.parametrize(
+    ("conflict", "tracked", "refused"),
+    [("target_wins", True, True), ("target_wins", False, False), ("source_wins", True, False)],
+    ids=["target-wins-tracked", "target-wins-untracked", "source-wins"],
+)
+def test_delete_conflicts_log_the_deletes_target_wins_refuses(
+    hostile: Callable[..., TablePlan], conflict: str, tracked: bool, refused: bool
+) -> None:
+    plan = dataclasses.replace(hostile(conflict), commit_timestamps=tracked)
+    rendered = text(sqlgen.log_delete_conflicts(plan, "p"))
+    assert "'delete_missing'" in rendered
+    assert "'delete_older'" in rendered
+    # the guard of delete_from_stage, negated: exactly the deletes it leaves alone
+    assert ("pg_xact_commit_timestamp" in rendered) is refused
+    assert ("pg_xact_commit_timestamp" in text(sqlgen.delete_from_stage(plan))) is refused
+
+
 def test_on_conflict_of_a_key_only_table_does_nothing(make_plan: PlanFactory) -> None:
     plan = make_plan(["a", "b"], ["a", "b"])
     assert text(sqlgen.on_conflict(plan)) == ' ON CONFLICT ("a", "b") DO NOTHING'
