@@ -22,6 +22,7 @@ I/O orchestration; the copying itself is :mod:`replicator.snapshot`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from collections.abc import Mapping
@@ -200,9 +201,8 @@ class Startup:
         return bool(row and row[0] == "p")
 
     async def _resume_copy(self, consistent: Lsn) -> None:
-        remaining = [
-            r for r in await control.read_ranges(self.target.conn, self.pipe.name) if not r.done
-        ]
+        ranges = await control.read_ranges(self.target.conn, self.pipe.name)
+        remaining = [r for r in ranges if not r.done]
         missing = [r for r in remaining if r.table not in self.plans]
         if missing:
             raise SlotError(f"initial copy of {missing[0].table} cannot resume: not configured")
@@ -213,7 +213,7 @@ class Startup:
             )
             self.log.info("initial_copy_resumed", ranges=len(remaining), snapshot_lsn=str(lsn))
             # rows already there (copied before the crash, or moved in since) merge by key
-            await self._copy(remaining, snapshot, lsn, merge=True)
+            await self._copy(remaining + catch_up(ranges), snapshot, lsn, merge=True)
         finally:
             await temp.close()
         # rows matched by a unique key converge when the stream replays from the first
@@ -238,6 +238,24 @@ class Startup:
         except BaseException:
             await target.rollback()
             raise
+
+
+def catch_up(ranges: list[control.CopyRange]) -> list[control.CopyRange]:
+    """Catch-up passes over the done block ranges of tables whose copy is unfinished.
+
+    A row that an update moved out of a range still to copy into one copied before the
+    crash is in neither copy: its new version sits in a done range, and the stream alone
+    cannot restore it when the update left a TOASTed column unchanged. Such a version is
+    newer than the done range's snapshot, so re-reading (merge by key) each done range's
+    rows whose xmin that snapshot may not have seen fills the hole: every row visible to
+    the new snapshot is then in a range copied under it, or was already visible to the
+    snapshot its done range was copied under."""
+    unfinished = {r.table for r in ranges if not r.done}
+    return [
+        dataclasses.replace(r, done=False, newer_than=r.snapshot_xmin or 0)
+        for r in ranges
+        if r.done and r.table in unfinished and (r.lower_block, r.upper_block) != (None, None)
+    ]
 
 
 def skip_positions(tables: Mapping[QualifiedName, control.TableState]) -> dict[QualifiedName, Lsn]:
