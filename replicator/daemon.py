@@ -24,9 +24,10 @@ from tenacity import wait_exponential_jitter
 from replicator import notify
 from replicator.classify import Directive, classify, leaf
 from replicator.config import Config, PipelineConfig, load_config
-from replicator.errors import ReplicatorError, describe_error
+from replicator.errors import MaskingError, ReplicatorError, describe_error
 from replicator.health import HealthServer
-from replicator.masking import key_file_warnings, load_key
+from replicator.keyfile import key_file_problems, key_problems
+from replicator.masking import load_key
 from replicator.pipeline import Pipeline, State
 
 # a pipeline that ran this long before failing starts its backoff afresh
@@ -73,8 +74,9 @@ class Daemon:
         if not config.masking.key_file:
             return None
         key = load_key(config.masking.key_file)
-        for warning in key_file_warnings(config.masking.key_file):
-            self.log.warning("mask_key_file", problem=warning)
+        problems = key_file_problems(config.masking.key_file) + key_problems(key)
+        if problems:
+            raise MaskingError("; ".join(f"{what} (fix: {fix})" for what, fix in problems))
         return key
 
     def _pipeline(self, config: Config, pipe: PipelineConfig) -> Pipeline:

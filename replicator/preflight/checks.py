@@ -21,8 +21,9 @@ from replicator import control
 from replicator.catalog import read_source_relation, read_target_table, table_oid
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
 from replicator.errors import MaskingError, SchemaError, describe_error
+from replicator.keyfile import GENERATE, key_file_problems, key_problems
 from replicator.mapping import TablePlan, build_plan
-from replicator.masking import key_file_warnings, load_key, resolve_masks
+from replicator.masking import load_key, resolve_masks
 from replicator.preflight.columns import (
     ColumnType,
     cast_contexts,
@@ -144,12 +145,13 @@ class Preflight:
                     "masking",
                     "masking.key_file",
                     str(exc),
-                    "create the key: head -c 32 /dev/urandom > FILE; chmod 600 FILE",
+                    f"create the key: {GENERATE}",
                 )
             )
             self.hash_key = b"\0" * 32  # stand-in, so hash masks are checked for fit alone
-        for warning in key_file_warnings(m.key_file):
-            self.report.add(Finding("warning", "masking", "masking.key_file", warning))
+            return
+        for what, fix in key_file_problems(m.key_file) + key_problems(self.hash_key):
+            self.report.add(Finding("error", "masking", "masking.key_file", what, fix))
 
     async def _connect(self, db: str) -> None:
         try:

@@ -226,3 +226,39 @@ def test_config_errors_are_findings_too(tmp_path: Path):
     assert [f["check"] for f in report["findings"]] == ["config"]
     assert "unknown database 'nowhere'" in report["findings"][0]["message"]
     assert "FAILED: 1 error(s)" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message", "fix"),
+    [
+        (b"a" * 32, 0o600, "distinct characters", "openssl rand -hex 32"),
+        (
+            b"3f9c1a07d2b84e65a1c0f3e7b2d9481c6a5e0f2b7d3c9148e6a2b0f5c7d1e934",
+            0o640,
+            "group",
+            "chmod 600",
+        ),
+    ],
+    ids=["weak", "group-readable"],
+)
+def test_a_weak_or_exposed_masking_key_is_refused_by_check_and_run(
+    dbs: DbPair, tmp_path: Path, content, mode, message, fix
+):
+    execute(dbs.src, TABLE)
+    execute(dbs.dst, TABLE)
+    key = tmp_path / "mask.key"
+    key.write_bytes(content)
+    key.chmod(mode)
+    config = dbs.config(
+        [{"source": "orders", "mask": {"note": "hash"}}], masking={"key_file": str(key)}
+    )
+    code, report, _ = check(tmp_path, config)
+    assert code == 1
+    found = only_error(report, "masking")
+    assert message in found["message"]
+    assert fix in found["fix"]
+    assert content.decode() not in orjson.dumps(report).decode()
+    res = run_cli("run", "-c", str(tmp_path / "check.toml"))
+    assert res.returncode == 1
+    assert fix in res.stderr
+    assert content.decode() not in res.stderr + res.stdout

@@ -19,7 +19,6 @@ from replicator.masking import (
     MASK_KINDS,
     MaskSpec,
     compile_mask,
-    key_file_warnings,
     load_key,
     mask_datum,
     parse_mask,
@@ -673,23 +672,6 @@ def test_key_path_that_is_a_directory_names_the_file(tmp_path):
     with pytest.raises(MaskingError, match="cannot read") as caught:
         load_key(tmp_path, environ={})
     assert str(tmp_path) in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    ("mode", "warned"),
-    [(0o600, False), (0o640, False), (0o644, True), (0o602, True)],
-    ids=["owner-only", "group-readable", "world-readable", "world-writable"],
-)
-def test_key_file_open_to_every_user_is_a_warning(tmp_path, mode, warned):
-    path = write_key(tmp_path / "mask.key", SECRET, mode=mode)
-    warnings = key_file_warnings(path, environ={})
-    assert bool(warnings) is warned
-    assert all(str(path) in w and "s3cr3t" not in w for w in warnings)
-    assert load_key(path, environ={}) == SECRET
-
-
-def test_missing_key_file_gives_no_warning_only_the_load_error(tmp_path):
-    assert key_file_warnings(tmp_path / "absent.key", environ={}) == []
 
 
 def test_loaded_key_drives_hash(tmp_path):
