@@ -62,6 +62,21 @@ async def write_pipeline(
     )
 
 
+async def read_key_id(conn: AsyncConnection, pipeline: str) -> str | None:
+    cur = await conn.execute(
+        "SELECT key_id FROM replicator.pipelines WHERE pipeline = %s", [pipeline]
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def write_key_id(conn: AsyncConnection, pipeline: str, key_id: str | None) -> None:
+    await conn.execute(
+        "UPDATE replicator.pipelines SET key_id = %s, updated_at = now() WHERE pipeline = %s",
+        [key_id, pipeline],
+    )
+
+
 async def forget_pipeline(conn: AsyncConnection, pipeline: str) -> None:
     """For a full resync: the next run starts like the first one."""
     await conn.execute("DELETE FROM replicator.copy_ranges WHERE pipeline = %s", [pipeline])

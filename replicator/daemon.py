@@ -100,11 +100,12 @@ class Daemon:
         except ReplicatorError as exc:
             self.log.error("reload_failed", error=str(exc))  # noqa: TRY400 - lists problems
             return
-        old_config, self.config, self._key = self.config, new, key
+        old_config, old_key, self.config, self._key = self.config, self._key, new, key
         keep = {
             p.name
             for p in new.pipelines
             if p.name in self._tasks
+            and key == old_key  # a new key: every pipeline restarts and re-hashes
             and any(
                 q.name == p.name and _signature(old_config, q) == _signature(new, p)
                 for q in old_config.pipelines

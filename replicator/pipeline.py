@@ -35,6 +35,7 @@ from replicator.catalog import read_source_relation, read_target_table
 from replicator.config import Config, PipelineConfig, QualifiedName
 from replicator.errors import MaskingError, ProtocolError, SchemaError, SlotError
 from replicator.feedback import Feedback
+from replicator.keyfile import key_id
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan, build_plan
 from replicator.protocol.decoder import PgOutputDecoder, decode_insert
@@ -144,7 +145,14 @@ class Pipeline:
             await control.ensure_schema(target.conn)
             plans = await self._preflight(target)
             self._plans_by_name = plans
-            source, start = await Startup(cfg, pipe, target, plans, self.stats).prepare()
+            source, start = await Startup(
+                cfg,
+                pipe,
+                target,
+                plans,
+                self.stats,
+                key_id=key_id(self.hash_key) if self.hash_key else None,
+            ).prepare()
             tables = await control.read_tables(target.conn, pipe.name)
             self._skip_by_name = skip_positions(tables)
             for name in plans.keys() - tables.keys():  # added to the config since: copy it

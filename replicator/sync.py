@@ -57,11 +57,14 @@ class Startup:
         target: TargetSession,
         plans: Mapping[QualifiedName, TablePlan],
         stats: PipelineStats,
+        *,
+        key_id: str | None = None,
     ) -> None:
         self.config = config
         self.pipe = pipe
         self.target = target
         self.plans = plans
+        self.key_id = key_id
         self.stats = stats
         self.progress = stats.copy
         self.log = structlog.get_logger("replicator").bind(pipeline=pipe.name)
@@ -70,6 +73,50 @@ class Startup:
 
     async def prepare(self) -> tuple[ReplicationConnection, Lsn]:
         """A replication connection ready for START_REPLICATION, and where to start."""
+        repl, start = await self._prepare()
+        try:
+            await self._rotate_key()
+        except BaseException:
+            await repl.close()
+            raise
+        return repl, start
+
+    async def _rotate_key(self) -> None:
+        """Key rotation: when the masking key is not the one the target's hashed values
+        were written with, every table with a `hash` mask is marked for resync, in the
+        same transaction that records the new key's id. The pipeline then re-copies each
+        under the new key while it streams (changes to such a table are held until its
+        copy lands: readers see the old hashes, then all the new ones, never a mix).
+        No id recorded yet (a first run, or a target from before ids): record it."""
+        hashed = [name for name, plan in self.plans.items() if plan.hashed]
+        if not hashed or self.key_id is None:
+            return
+        conn = self.target.conn
+        recorded = await control.read_key_id(conn, self.pipe.name)
+        if recorded == self.key_id:
+            return
+        await self.target.begin()
+        try:
+            if recorded is not None:
+                for name in hashed:
+                    await control.write_table(conn, self.pipe.name, name, "resync")
+            await control.write_key_id(conn, self.pipe.name, self.key_id)
+            await conn.execute("COMMIT")
+            self.target.in_transaction = False
+        except BaseException:
+            await self.target.rollback()
+            raise
+        if recorded is None:
+            self.log.info("hash_key_recorded", key_id=self.key_id)
+        else:
+            self.log.warning(
+                "hash_key_changed",
+                key_id=self.key_id,
+                previous_key_id=recorded,
+                tables_to_rehash=len(hashed),
+            )
+
+    async def _prepare(self) -> tuple[ReplicationConnection, Lsn]:
         pipe = self.pipe
         await control.ensure_schema(self.target.conn)
         state = await control.read_pipeline(self.target.conn, pipe.name)

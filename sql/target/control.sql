@@ -49,6 +49,19 @@ BEGIN
 END
 $$;
 
+-- The id of the masking key the pipeline's hashed columns were written with (keyfile.key_id:
+-- an HMAC of a constant, nothing of the key): when it changes, the daemon re-copies every
+-- table with a `hash` mask under the new key (key rotation, README).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                    WHERE attrelid = 'replicator.pipelines'::regclass
+                      AND attname = 'key_id' AND NOT attisdropped) THEN
+        ALTER TABLE replicator.pipelines ADD COLUMN IF NOT EXISTS key_id text;
+    END IF;
+END
+$$;
+
 -- Per table: copy state, and the source position from which its changes apply.
 CREATE TABLE IF NOT EXISTS replicator.tables (
     pipeline        text NOT NULL,
