@@ -55,7 +55,19 @@ def test_good_config_passes_with_advice_only(dbs: DbPair, tmp_path: Path):
     assert errors(report) == []
     # the test clusters keep max_slot_wal_keep_size at its default: advice, not failure
     assert "max_slot_wal_keep_size" in {f["check"] for f in report["findings"]}
-    assert text.rstrip().endswith("ok: 0 error(s), 1 warning(s)")
+    # and the tests connect as the superuser, whom initdb's pg_hba lets replicate
+    # physically: warnings, each with its fix
+    privilege = sorted(
+        (f["obj"], f["message"].split(":")[0])
+        for f in report["findings"]
+        if f["check"] == "privilege" and f["severity"] == "warning" and f["fix"]
+    )
+    assert privilege == [
+        ("dst:role postgres", "connects as a superuser"),
+        ("src:role postgres", "connects as a superuser"),
+        ("src:role postgres", "the role can open a physical replication connection"),
+    ]
+    assert text.rstrip().endswith("ok: 0 error(s), 4 warning(s)")
 
 
 def test_wal_level_replica_is_an_error(dbs: DbPair, tmp_path: Path):
@@ -141,6 +153,14 @@ def test_roles_from_the_scripts_pass(roles: Roles, tmp_path: Path):
     code, report, text = check(tmp_path, roles.config([{"source": "orders"}]))
     assert code == 0, text
     assert errors(report) == []
+    # the scripts' roles hold nothing more than they need; only the test clusters'
+    # pg_hba (initdb's `local replication all trust`) still lets the source role copy
+    # the cluster (tests/integration/test_pg_hba.py runs the README's pg_hba)
+    privilege = [f["message"] for f in report["findings"] if f["check"] == "privilege"]
+    assert privilege == [
+        "the role can open a physical replication connection: pg_basebackup would copy the "
+        "whole cluster, unpublished tables included"
+    ]
 
 
 @pytest.mark.parametrize(
