@@ -17,6 +17,7 @@ import itertools
 import os
 import stat
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Final
 
 from replicator.masking import resolve_key_path
@@ -67,8 +68,15 @@ def key_file_problems(
 ) -> list[tuple[str, str]]:
     """Exposure of the key file: readable or writable by anyone but its owner (group
     or others), or in a directory others may write (they could swap the key). A file
-    that cannot be read is :func:`replicator.masking.load_key`'s to report."""
+    that cannot be read is :func:`replicator.masking.load_key`'s to report; a systemd
+    credential is taken as protected."""
+    env = os.environ if environ is None else environ
     where = resolve_key_path(path, environ)
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if creds and where.parent == Path(creds):
+        # systemd's credentials: a private, read-only directory the kernel keeps to the
+        # service's user and root (its modes may show an ACL mask, not who can read)
+        return []
     try:
         mode = where.stat().st_mode
         dir_mode = where.parent.stat().st_mode

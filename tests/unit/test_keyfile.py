@@ -77,3 +77,9 @@ def test_key_id_names_a_key_without_revealing_it():
     assert key_id(GOOD_HEX) != key_id(other)
     assert len(key_id(GOOD_HEX)) == 16
     assert key_id(GOOD_HEX) not in GOOD_HEX.decode()
+
+
+def test_a_systemd_credential_is_taken_as_protected(tmp_path):
+    path = write(tmp_path / "mask.key", 0o440)  # what an ACL mask may show
+    assert key_file_problems("mask.key", environ={"CREDENTIALS_DIRECTORY": str(tmp_path)}) == []
+    assert key_file_problems(path, environ={}) != []
