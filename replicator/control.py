@@ -63,6 +63,21 @@ async def write_pipeline(
     )
 
 
+async def read_key_id(conn: AsyncConnection, pipeline: str) -> str | None:
+    cur = await conn.execute(
+        "SELECT key_id FROM replicator.pipelines WHERE pipeline = %s", [pipeline]
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def write_key_id(conn: AsyncConnection, pipeline: str, key_id: str | None) -> None:
+    await conn.execute(
+        "UPDATE replicator.pipelines SET key_id = %s, updated_at = now() WHERE pipeline = %s",
+        [key_id, pipeline],
+    )
+
+
 async def forget_pipeline(conn: AsyncConnection, pipeline: str, origin: str) -> None:
     """For a full resync: the next run starts like the first one, origin progress too."""
     await conn.execute("DELETE FROM replicator.copy_ranges WHERE pipeline = %s", [pipeline])
@@ -232,44 +247,85 @@ async def add_copied(
 
 @dataclass(frozen=True, slots=True)
 class CopyRange:
+    """A part of a table's initial copy.
+
+    Ranges are block ranges (``lower_block`` inclusive, ``upper_block`` exclusive, None
+    for the table's start or end): bounds that carry no value of the table, so the
+    control schema stores nothing a mask would have hidden. ``lower_key``/``upper_key``
+    are key bounds that earlier versions stored: a copy they planned resumes with them
+    (nothing plans new ones)."""
+
     table: QualifiedName
     range_no: int
-    lower_key: str | None  # inclusive bound on the first key column; None: from the start
-    upper_key: str | None  # exclusive bound; None: to the end
+    lower_key: str | None  # legacy: inclusive bound on the first key column
+    upper_key: str | None  # legacy: exclusive bound
     done: bool = False
+    lower_block: int | None = None
+    upper_block: int | None = None
+    # xmin (xid8) of the snapshot the range's rows were copied under (done ranges)
+    snapshot_xmin: int | None = None
+    # a catch-up pass over a done range: only the row versions a snapshot whose xmin is
+    # this one may not have seen (see replicator.sync, resuming a copy)
+    newer_than: int | None = None
 
 
 async def read_ranges(conn: AsyncConnection, pipeline: str) -> list[CopyRange]:
     cur = await conn.execute(
-        "SELECT source_schema, source_table, range_no, lower_key, upper_key, done"
+        "SELECT source_schema, source_table, range_no, lower_key, upper_key, done,"
+        " lower_block, upper_block, snapshot_xmin::text::bigint"
         " FROM replicator.copy_ranges WHERE pipeline = %s"
         " ORDER BY source_schema, source_table, range_no",
         [pipeline],
     )
     return [
-        CopyRange(QualifiedName(s, t), n, lo, hi, done)
-        for s, t, n, lo, hi, done in await cur.fetchall()
+        CopyRange(QualifiedName(s, t), n, lo, hi, done, lb, ub, xmin)
+        for s, t, n, lo, hi, done, lb, ub, xmin in await cur.fetchall()
     ]
 
 
 async def plan_ranges(conn: AsyncConnection, pipeline: str, ranges: list[CopyRange]) -> None:
     for r in ranges:
         await conn.execute(
-            "INSERT INTO replicator.copy_ranges"
-            " (pipeline, source_schema, source_table, range_no, lower_key, upper_key)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            [pipeline, r.table.schema, r.table.name, r.range_no, r.lower_key, r.upper_key],
+            "INSERT INTO replicator.copy_ranges (pipeline, source_schema, source_table,"
+            " range_no, lower_key, upper_key, lower_block, upper_block)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [
+                pipeline,
+                r.table.schema,
+                r.table.name,
+                r.range_no,
+                r.lower_key,
+                r.upper_key,
+                r.lower_block,
+                r.upper_block,
+            ],
         )
 
 
 async def mark_range_done(
-    conn: AsyncConnection, pipeline: str, r: CopyRange, *, rows: int, nbytes: int, lsn: Lsn
+    conn: AsyncConnection,
+    pipeline: str,
+    r: CopyRange,
+    *,
+    rows: int,
+    nbytes: int,
+    lsn: Lsn,
+    xmin: int | None,
 ) -> None:
-    """Called inside the transaction that filled the range: done commits with the rows."""
+    """Called inside the transaction that filled the range: done commits with the rows.
+    A catch-up pass (``r.newer_than``) moves only the range's snapshot forward."""
+    where = [pipeline, r.table.schema, r.table.name, r.range_no]
+    if r.newer_than is not None:
+        await conn.execute(
+            "UPDATE replicator.copy_ranges SET snapshot_xmin = %s::text::xid8"
+            " WHERE pipeline = %s AND source_schema = %s AND source_table = %s AND range_no = %s",
+            [xmin, *where],
+        )
+        return
     await conn.execute(
         "UPDATE replicator.copy_ranges SET done = true, rows_copied = %s, bytes_copied = %s,"
-        " snapshot_lsn = %s::pg_lsn, finished_at = now()"
+        " snapshot_lsn = %s::pg_lsn, snapshot_xmin = %s::text::xid8, finished_at = now()"
         " WHERE pipeline = %s AND source_schema = %s AND source_table = %s AND range_no = %s",
-        [rows, nbytes, str(lsn), pipeline, r.table.schema, r.table.name, r.range_no],
+        [rows, nbytes, str(lsn), xmin, *where],
     )
     await add_copied(conn, pipeline, r.table, rows, nbytes)

@@ -24,9 +24,10 @@ from tenacity import wait_exponential_jitter
 from replicator import notify
 from replicator.classify import Directive, classify, leaf, retry_reason
 from replicator.config import Config, PipelineConfig, load_config
-from replicator.errors import ReplicatorError, describe_error
+from replicator.errors import MaskingError, ReplicatorError, describe_error
 from replicator.health import HealthServer
-from replicator.masking import MaskingKey, key_file_warnings, load_key
+from replicator.keyfile import key_file_problems, key_problems
+from replicator.masking import MaskingKey, load_key
 from replicator.pipeline import Pipeline, State
 
 # a pipeline that ran this long before failing starts its backoff afresh
@@ -73,8 +74,9 @@ class Daemon:
         if not config.masking.key_file:
             return None
         key = load_key(config.masking.key_file)
-        for warning in key_file_warnings(config.masking.key_file):
-            self.log.warning("mask_key_file", problem=warning)
+        problems = key_file_problems(config.masking.key_file) + key_problems(key)
+        if problems:
+            raise MaskingError("; ".join(f"{what} (fix: {fix})" for what, fix in problems))
         return key
 
     def _pipeline(self, config: Config, pipe: PipelineConfig) -> Pipeline:
@@ -98,11 +100,12 @@ class Daemon:
         except ReplicatorError as exc:
             self.log.error("reload_failed", error=str(exc))  # noqa: TRY400 - lists problems
             return
-        old_config, self.config, self._key = self.config, new, key
+        old_config, old_key, self.config, self._key = self.config, self._key, new, key
         keep = {
             p.name
             for p in new.pipelines
             if p.name in self._tasks
+            and key == old_key  # a new key: every pipeline restarts and re-hashes
             and any(
                 q.name == p.name and _signature(old_config, q) == _signature(new, p)
                 for q in old_config.pipelines

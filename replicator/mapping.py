@@ -114,6 +114,8 @@ class TablePlan:
     _key: Callable[[Sequence[Datum]], tuple[Datum, ...]] = field(repr=False)
     _masks: tuple[tuple[int, MaskFn], ...] = field(repr=False)
     _identity: bool = field(default=False, repr=False)  # every source column, in order
+    # target columns that carry a `hash` mask: re-copied when the key changes
+    hashed: frozenset[str] = frozenset()
 
     @property
     def masks(self) -> tuple[tuple[int, MaskFn], ...]:
@@ -254,6 +256,7 @@ def build_plan(
     # --- masks -----------------------------------------------------------------------
     masks: list[tuple[int, MaskFn]] = []
     masked: set[str] = set()
+    hashed: set[str] = set()
     unique_cols = set().union(*target.unique_keys) if target.unique_keys else set()
     for name, spec in specs.items():
         if spec.kind == "plain" or name not in by_source:
@@ -272,6 +275,8 @@ def build_plan(
             raise MaskingError(f"{where}.{name}: {exc}") from None
         masks.append((pos, fn))
         masked.add(dest)
+        if spec.kind == "hash":
+            hashed.add(dest)
 
     tcols = [target.columns[c] for c in columns]
     return TablePlan(
@@ -293,6 +298,7 @@ def build_plan(
         _pick=_picker(picks),
         _key=_picker(key),
         _masks=tuple(masks),
+        hashed=frozenset(hashed),
         _identity=picks == list(range(len(relation.columns))),
     )
 

@@ -2,7 +2,8 @@
 
 This module owns the mask grammar, the masking functions, the resolution of table and
 global rules onto a relation's columns, and reading the HMAC key file. It is pure apart
-from :func:`load_key` and :func:`key_file_warnings`, which read one file. It must never
+from :func:`load_key`, which reads one file (its strength and permissions are judged by
+:mod:`replicator.keyfile`). It must never
 log, never fall back to the unmasked value, and never put a value (masked or not) or key
 bytes into an exception message: a masked column's raw value must not leave the process.
 
@@ -55,12 +56,11 @@ import hashlib
 import hmac
 import os
 import re
-import stat
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypeVar, get_args
 
 from replicator.errors import MaskingError
 from replicator.protocol.messages import UNCHANGED_TOAST, BinaryDatum, Datum
@@ -110,6 +110,9 @@ _UTLD = r"[^\W\d_](?:[^\W_]|-){0,61}(?<!-)"
 _UNICODE_DOMAIN: Final = re.compile(rf"(?:{_ULABEL}\.)+{_UTLD}")
 
 
+T = TypeVar("T")
+
+
 class MaskingKey:
     """The HMAC key for ``hash`` masks. Its bytes never appear in a ``repr``, ``str`` or
     comparison output, and only :meth:`hmac_states` reads them."""
@@ -139,6 +142,11 @@ class MaskingKey:
     def stripped(self) -> MaskingKey:
         """The key without surrounding whitespace (a trailing newline from ``echo``)."""
         return MaskingKey(self._secret.strip())
+
+    def examine(self, judge: Callable[[bytes], T]) -> T:
+        """``judge(secret)``: for the key's hygiene rules (:mod:`replicator.keyfile`),
+        which must look at its bytes. ``judge`` must not keep or print them."""
+        return judge(self._secret)
 
     def hmac_states(self) -> tuple[Callable[[], Any], Callable[[], Any]]:
         """``copy`` of the SHA-256 states after the inner and outer padded key (RFC 2104)."""
@@ -508,8 +516,8 @@ def resolve_key_path(
 def load_key(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> MaskingKey:
     """Read the HMAC key; surrounding whitespace is stripped; at least 32 bytes.
 
-    Errors name the file and never the key. Permissions are checked separately by
-    :func:`key_file_warnings`, so that ``check`` can list them and ``run`` can log them.
+    Errors name the file and never the key. Strength and permissions are judged by
+    :mod:`replicator.keyfile`, so that ``check`` can list every problem at once.
     """
     where = resolve_key_path(path, environ)
     try:
@@ -533,20 +541,3 @@ def load_key(path: str | os.PathLike[str], environ: Mapping[str, str] | None = N
             f"{MIN_KEY_BYTES} (e.g. head -c 48 /dev/urandom | base64 > {where})"
         )
     return key
-
-
-def key_file_warnings(
-    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
-) -> list[str]:
-    """Problems with the key file that do not stop the daemon: today, access by others."""
-    where = resolve_key_path(path, environ)
-    try:
-        mode = where.stat().st_mode
-    except OSError:
-        return []  # load_key reports a missing or unreadable file as an error
-    if mode & (stat.S_IROTH | stat.S_IWOTH):
-        return [
-            f"masking key file {where}: readable or writable by every user "
-            f"(mode {stat.S_IMODE(mode):04o}); chmod o-rwx"
-        ]
-    return []

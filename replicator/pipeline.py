@@ -37,6 +37,7 @@ from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
 from replicator.errors import MaskingError, ProtocolError, SchemaError, SlotError
 from replicator.feedback import Feedback
 from replicator.handoff import Handoff
+from replicator.keyfile import key_id
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan, build_plan
 from replicator.masking import MaskingKey
@@ -147,7 +148,14 @@ class Pipeline:
             await control.ensure_schema(target.conn)
             plans = await self._preflight(target)
             self._plans_by_name = plans
-            source, start = await Startup(cfg, pipe, target, plans, self.stats).prepare()
+            source, start = await Startup(
+                cfg,
+                pipe,
+                target,
+                plans,
+                self.stats,
+                key_id=key_id(self.hash_key) if self.hash_key else None,
+            ).prepare()
             # a table out of the config had its changes dropped: forget it, so that once
             # it is back it is copied again like any added table (one renamed on the source
             # and now configured under its new name is the same table: it carries over)

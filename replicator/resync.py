@@ -21,6 +21,7 @@ I/O orchestration of the copy; the bookkeeping lives in the pipeline.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 
@@ -80,10 +81,23 @@ async def check_published(src: AsyncConnection, pipe: PipelineConfig, plan: Tabl
         )
 
 
+# One resync copy at a time per pipeline: its worker writes under the pipeline's one
+# `__sync` origin (the reverse pipeline knows it as ours), and an origin admits one session.
+_COPY_LOCKS: dict[str, asyncio.Lock] = {}
+
+
 async def copy_table(
     config: Config, pipe: PipelineConfig, sync: TableSync, progress: TableProgress
 ) -> None:
-    """Steps 2 and the first half of 3: copy under a fresh snapshot, tell ``sync`` its LSN."""
+    """Steps 2 and the first half of 3: copy under a fresh snapshot, tell ``sync`` its LSN.
+    Several tables marked at once (a key rotation) are copied one after the other."""
+    async with _COPY_LOCKS.setdefault(pipe.name, asyncio.Lock()):
+        await _copy_table(config, pipe, sync, progress)
+
+
+async def _copy_table(
+    config: Config, pipe: PipelineConfig, sync: TableSync, progress: TableProgress
+) -> None:
     src_dsn = config.databases[pipe.from_].dsn.secret_value
     dst_dsn = config.databases[pipe.to].dsn.secret_value
     log = structlog.get_logger("replicator").bind(pipeline=pipe.name, table=str(sync.plan.source))
@@ -99,7 +113,10 @@ async def copy_table(
     )
     try:
         lsn, snapshot = await repl.create_slot(
-            f"{pipe.slot_name}_resync_{os.getpid()}", temporary=True, snapshot="export"
+            # one per table: several tables of a pipeline may resync at once (a key rotation)
+            f"{pipe.slot_name}_resync_{os.getpid()}_{sync.plan.relation_id}",
+            temporary=True,
+            snapshot="export",
         )
         sync.known_lsn(lsn)  # no await in between: the applier sees LSN and filter together
         log.info("resync_started", snapshot_lsn=str(lsn))

@@ -79,63 +79,54 @@ def mask_copy_lines(plan: TablePlan, data: bytes) -> bytes:
     return b"\n".join(out)
 
 
-# rows read to place the range bounds of a big table
-_SAMPLE_ROWS: Final = 100_000
-
-
 async def plan_table_ranges(
     src: AsyncConnection, plan: TablePlan, rows_per_range: int
 ) -> list[control.CopyRange]:
-    """Ranges on the first key column for keyed tables; one range otherwise.
+    """Block ranges (ctid) for big keyed tables; one range otherwise.
 
-    Key ranges, not block ranges: an update moves a row to another block, but not to
-    another key range, so ranges copied under different snapshots (a resumed copy)
-    never hold the same row twice or lose one that moved. Bounds are quantiles of a
-    sample. A partitioned table, or one without a unique key on the target (re-copied
-    whole on resume), is one range."""
+    The bounds are block numbers: they carry no value of the table, so nothing stored
+    in ``replicator.copy_ranges`` on the target can reveal what a mask hides (key
+    bounds of a hashed key would be raw source values). PostgreSQL 14+ reads a range as
+    a TID range scan. Under one snapshot the ranges partition the table exactly; a row
+    can move to another block between the snapshots of a resumed copy, which
+    :mod:`replicator.sync` makes up for (catch-up over the ranges done before). A
+    partitioned table, or one without a unique key on the target (re-copied whole on
+    resume), is one range."""
     cur = await src.execute(
-        "SELECT c.relkind, c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = %s",
+        "SELECT c.relkind, c.reltuples,"
+        " pg_catalog.pg_relation_size(c.oid) / current_setting('block_size')::int"
+        " FROM pg_catalog.pg_class c WHERE c.oid = %s",
         [plan.relation_id],
     )
     row = await cur.fetchone()
     if row is None:
         raise SchemaError(f"source table {plan.source} does not exist")
-    relkind, reltuples = row
+    relkind, reltuples, blocks = row
     single = [control.CopyRange(plan.source, 0, None, None)]
     if relkind != "r" or not plan.conflict_index or not plan.key:
         return single
-    table = sqlgen.table_ident(plan.source)
     if reltuples < 0:  # never analyzed: estimate from a 1% sample
         cur = await src.execute(
-            sql.SQL("SELECT count(*) * 100 FROM ONLY {} TABLESAMPLE SYSTEM (1)").format(table)
+            sql.SQL("SELECT count(*) * 100 FROM ONLY {} TABLESAMPLE SYSTEM (1)").format(
+                sqlgen.table_ident(plan.source)
+            )
         )
         reltuples = (await cur.fetchone())[0]  # type: ignore[index]
-    if reltuples <= rows_per_range:
-        return single
-    n = min(1000, int(reltuples // rows_per_range) + 1)
-    pct = min(100.0, 100.0 * _SAMPLE_ROWS / reltuples)
-    key = sql.Identifier(plan.source_columns[plan.key[0]])
-    cur = await src.execute(
-        sql.SQL(
-            "SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY {k})::text[]"
-            " FROM ONLY {t} TABLESAMPLE SYSTEM (%s)"
-        ).format(k=key, t=table),
-        [[i / n for i in range(1, n)], pct],
-    )
-    bounds = list({b for b in ((await cur.fetchone())[0] or []) if b is not None})  # type: ignore[index]
-    if not bounds:
-        return single
-    # distinct bounds, ordered by the server in the key's own order (not text order)
-    cur = await src.execute(
-        sql.SQL("SELECT array_agg(b ORDER BY CAST(b AS {ty})) FROM unnest(%s::text[]) AS b").format(
-            ty=_type_of(plan, plan.key[0])
-        ),
-        [bounds],
-    )
-    ordered = (await cur.fetchone())[0]  # type: ignore[index]
-    edges = [None, *ordered, None]
+    return block_ranges(plan.source, reltuples, blocks, rows_per_range)
+
+
+def block_ranges(
+    table: QualifiedName, rows: float, blocks: int, rows_per_range: int
+) -> list[control.CopyRange]:
+    """About ``rows_per_range`` rows a range (at most 1000 ranges), cut at evenly spaced
+    blocks; the first range starts at block 0 and the last is open, so rows in blocks
+    added after planning are copied too."""
+    n = min(1000, blocks, int(rows // rows_per_range) + 1) if rows > rows_per_range else 1
+    cuts = sorted({blocks * i // n for i in range(1, n)} - {0})
+    edges: list[int | None] = [None, *cuts, None]
     return [
-        control.CopyRange(plan.source, i, edges[i], edges[i + 1]) for i in range(len(edges) - 1)
+        control.CopyRange(table, i, None, None, lower_block=edges[i], upper_block=edges[i + 1])
+        for i in range(len(edges) - 1)
     ]
 
 
@@ -143,10 +134,27 @@ def _type_of(plan: TablePlan, pos: int) -> sql.Identifier:
     return sql.Identifier(*plan.stage_types[pos])
 
 
+def _tid(block: int) -> sql.Composed:
+    return sql.SQL("CAST({} AS tid)").format(sql.Literal(f"({block},0)"))
+
+
 def _select(plan: TablePlan, rng: control.CopyRange, partitioned: bool) -> sql.Composed:
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in plan.source_columns)
     conds = []
-    if plan.key:
+    if rng.lower_block is not None:
+        conds.append(sql.SQL("ctid >= {}").format(_tid(rng.lower_block)))
+    if rng.upper_block is not None:
+        conds.append(sql.SQL("ctid < {}").format(_tid(rng.upper_block)))
+    if rng.newer_than is not None:
+        # row versions the earlier snapshot may not have seen: xmin not before its xmin.
+        # age() compares 32-bit xids modulo wraparound; what it gets wrong near a frozen
+        # or wrapped xmin errs on the side of copying a row again (the copy merges)
+        conds.append(
+            sql.SQL("pg_catalog.age(xmin) <= pg_catalog.age(CAST({} AS xid))").format(
+                sql.Literal(str(rng.newer_than % 2**32))
+            )
+        )
+    if plan.key and (rng.lower_key is not None or rng.upper_key is not None):
         key = sql.Identifier(plan.source_columns[plan.key[0]])
         ty = _type_of(plan, plan.key[0])
         if rng.lower_key is not None:
@@ -366,6 +374,11 @@ class CopyWorker:
                 await src.execute(
                     sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
                 )
+            # the snapshot's xmin: a later resume catches up on what it could not see
+            cur = await src.execute(
+                "SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text"
+            )
+            xmin = int((await cur.fetchone())[0])  # type: ignore[index]
             await target.begin()
             if truncate_first:
                 await target.truncate([plan.target.name], restart_identity=False)
@@ -377,7 +390,13 @@ class CopyWorker:
                 rows, nbytes = await self._copy(plan, rng, partitioned, on_rows)
             if record:  # the initial copy's ranges; a resync is one transaction anyway
                 await control.mark_range_done(
-                    target.conn, pipeline, rng, rows=rows, nbytes=nbytes, lsn=snapshot_lsn
+                    target.conn,
+                    pipeline,
+                    rng,
+                    rows=rows,
+                    nbytes=nbytes,
+                    lsn=snapshot_lsn,
+                    xmin=xmin,
                 )
             # the rows commit as of the snapshot, with its position and its time
             await target.commit(snapshot_lsn, when)

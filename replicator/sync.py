@@ -22,6 +22,7 @@ I/O orchestration; the copying itself is :mod:`replicator.snapshot`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from collections.abc import Mapping
@@ -65,11 +66,14 @@ class Startup:
         target: TargetSession,
         plans: Mapping[QualifiedName, TablePlan],
         stats: PipelineStats,
+        *,
+        key_id: str | None = None,
     ) -> None:
         self.config = config
         self.pipe = pipe
         self.target = target
         self.plans = plans
+        self.key_id = key_id
         self.stats = stats
         self.progress = stats.copy
         self.log = structlog.get_logger("replicator").bind(pipeline=pipe.name)
@@ -78,6 +82,50 @@ class Startup:
 
     async def prepare(self) -> tuple[ReplicationConnection, Lsn]:
         """A replication connection ready for START_REPLICATION, and where to start."""
+        repl, start = await self._prepare()
+        try:
+            await self._rotate_key()
+        except BaseException:
+            await repl.close()
+            raise
+        return repl, start
+
+    async def _rotate_key(self) -> None:
+        """Key rotation: when the masking key is not the one the target's hashed values
+        were written with, every table with a `hash` mask is marked for resync, in the
+        same transaction that records the new key's id. The pipeline then re-copies each
+        under the new key while it streams (changes to such a table are held until its
+        copy lands: readers see the old hashes, then all the new ones, never a mix).
+        No id recorded yet (a first run, or a target from before ids): record it."""
+        hashed = [name for name, plan in self.plans.items() if plan.hashed]
+        if not hashed or self.key_id is None:
+            return
+        conn = self.target.conn
+        recorded = await control.read_key_id(conn, self.pipe.name)
+        if recorded == self.key_id:
+            return
+        await self.target.begin()
+        try:
+            if recorded is not None:
+                for name in hashed:
+                    await control.write_table(conn, self.pipe.name, name, "resync")
+            await control.write_key_id(conn, self.pipe.name, self.key_id)
+            await conn.execute("COMMIT")
+            self.target.in_transaction = False
+        except BaseException:
+            await self.target.rollback()
+            raise
+        if recorded is None:
+            self.log.info("hash_key_recorded", key_id=self.key_id)
+        else:
+            self.log.warning(
+                "hash_key_changed",
+                key_id=self.key_id,
+                previous_key_id=recorded,
+                tables_to_rehash=len(hashed),
+            )
+
+    async def _prepare(self) -> tuple[ReplicationConnection, Lsn]:
         pipe = self.pipe
         await control.ensure_schema(self.target.conn)
         state = await control.read_pipeline(self.target.conn, pipe.name)
@@ -268,9 +316,8 @@ class Startup:
         return bool(row and row[0] == "p")
 
     async def _resume_copy(self, src: AsyncConnection, consistent: Lsn) -> None:
-        remaining = [
-            r for r in await control.read_ranges(self.target.conn, self.pipe.name) if not r.done
-        ]
+        ranges = await control.read_ranges(self.target.conn, self.pipe.name)
+        remaining = [r for r in ranges if not r.done]
         missing = [r for r in remaining if r.table not in self.plans]
         if missing:
             raise SlotError(f"initial copy of {missing[0].table} cannot resume: not configured")
@@ -282,7 +329,7 @@ class Startup:
             )
             self.log.info("initial_copy_resumed", ranges=len(remaining), snapshot_lsn=str(lsn))
             # rows already there (copied before the crash, or moved in since) merge by key
-            await self._copy(remaining, snapshot, lsn, clock, merge=True)
+            await self._copy(remaining + catch_up(ranges), snapshot, lsn, clock, merge=True)
         finally:
             await temp.close()
         # rows matched by a unique key converge when the stream replays from the first
@@ -307,6 +354,24 @@ class Startup:
         except BaseException:
             await target.rollback()
             raise
+
+
+def catch_up(ranges: list[control.CopyRange]) -> list[control.CopyRange]:
+    """Catch-up passes over the done block ranges of tables whose copy is unfinished.
+
+    A row that an update moved out of a range still to copy into one copied before the
+    crash is in neither copy: its new version sits in a done range, and the stream alone
+    cannot restore it when the update left a TOASTed column unchanged. Such a version is
+    newer than the done range's snapshot, so re-reading (merge by key) each done range's
+    rows whose xmin that snapshot may not have seen fills the hole: every row visible to
+    the new snapshot is then in a range copied under it, or was already visible to the
+    snapshot its done range was copied under."""
+    unfinished = {r.table for r in ranges if not r.done}
+    return [
+        dataclasses.replace(r, done=False, newer_than=r.snapshot_xmin or 0)
+        for r in ranges
+        if r.done and r.table in unfinished and (r.lower_block, r.upper_block) != (None, None)
+    ]
 
 
 def skip_positions(tables: Mapping[QualifiedName, control.TableState]) -> dict[QualifiedName, Lsn]:

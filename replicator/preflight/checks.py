@@ -27,8 +27,9 @@ from replicator.catalog import (
 )
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
 from replicator.errors import MaskingError, SchemaError, describe_error
+from replicator.keyfile import GENERATE, key_file_problems, key_problems
 from replicator.mapping import TablePlan, build_plan
-from replicator.masking import MaskingKey, key_file_warnings, load_key, resolve_masks
+from replicator.masking import MaskingKey, load_key, resolve_masks
 from replicator.preflight.columns import (
     ColumnType,
     cast_contexts,
@@ -37,12 +38,16 @@ from replicator.preflight.columns import (
 )
 from replicator.preflight.findings import Finding, Report, show_ident
 from replicator.preflight.rules import (
+    BROAD_ROLES,
+    RoleReach,
     copy_truncate_findings,
     identity_findings,
     keep_size_finding,
+    role_findings,
     sequence_finding,
     slot_findings,
     slot_headroom_findings,
+    tls_finding,
     two_way_pairs,
     wal_level_finding,
     wal_sender_findings,
@@ -64,8 +69,8 @@ TARGET_TABLE_PRIVILEGES: Final = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNC
 MIN_TESTED_VERSION: Final = 150000
 
 
-def _conninfo(dsn: str, application_name: str) -> str:
-    extra = {"application_name": application_name}
+def _conninfo(dsn: str, application_name: str, **more: str) -> str:
+    extra = {"application_name": application_name, **more}
     if "connect_timeout" not in conninfo_to_dict(dsn):
         extra["connect_timeout"] = "10"  # a check must not hang on an unreachable host
     return make_conninfo(dsn, **extra)
@@ -88,17 +93,54 @@ class _Db:
     superuser: bool
     replication: bool
     bypassrls: bool
+    createdb: bool
+    createrole: bool
+    member_of: list[str]
+
+    def reach(self, physical: bool | None = None) -> RoleReach:
+        return RoleReach(
+            self.role,
+            self.superuser,
+            self.createdb,
+            self.createrole,
+            self.replication,
+            tuple(self.member_of),
+            physical,
+        )
 
 
 async def _db_facts(name: str, conn: AsyncConnection) -> _Db:
     cur = await conn.execute(
         "SELECT current_database(), current_setting('server_version_num')::int, r.rolname,"
-        " r.rolsuper, r.rolreplication, r.rolbypassrls"
-        " FROM pg_catalog.pg_roles r WHERE r.rolname = current_user"
+        " r.rolsuper, r.rolreplication, r.rolbypassrls, r.rolcreatedb, r.rolcreaterole,"
+        " ARRAY(SELECT b.rolname FROM pg_catalog.pg_roles b WHERE b.rolname = ANY(%s)"
+        "       AND pg_catalog.pg_has_role(current_user, b.oid, 'MEMBER') ORDER BY 1)"
+        " FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
+        [list(BROAD_ROLES)],
     )
     row = await cur.fetchone()
     assert row is not None
     return _Db(name, conn, *row)
+
+
+def _effective(conn: AsyncConnection) -> tuple[list[str], str]:
+    """The hosts and sslmode libpq used for ``conn``: the DSN, the environment
+    (PGSSLMODE, PGHOST) and libpq's defaults, as the connection itself reports them."""
+    opts = {o.keyword: o.val for o in conn.pgconn.info}
+    hosts = [h for h in (opts.get(b"host") or b"").decode().split(",") if h]
+    addrs = [h for h in (opts.get(b"hostaddr") or b"").decode().split(",") if h]
+    return hosts or addrs, (opts.get(b"sslmode") or b"prefer").decode()
+
+
+async def _physical_replication_allowed(dsn: str) -> bool:
+    """Whether the DSN's role gets a physical replication connection (what
+    pg_basebackup uses). Connecting is the one test that sees pg_hba as the server does."""
+    try:
+        conn = await AsyncConnection.connect(_conninfo(dsn, "replicator:check", replication="true"))
+    except psycopg.Error:
+        return False
+    await conn.close()
+    return True
 
 
 class Preflight:
@@ -154,13 +196,14 @@ class Preflight:
                     "masking",
                     "masking.key_file",
                     str(exc),
-                    "create the key: head -c 32 /dev/urandom > FILE; chmod 600 FILE",
+                    f"create the key: {GENERATE}",
                 )
             )
             # a stand-in, so hash masks are checked for fit alone
             self.hash_key = MaskingKey(b"\0" * 32)
-        for warning in key_file_warnings(m.key_file):
-            self.report.add(Finding("warning", "masking", "masking.key_file", warning))
+            return
+        for what, fix in key_file_problems(m.key_file) + key_problems(self.hash_key):
+            self.report.add(Finding("error", "masking", "masking.key_file", what, fix))
 
     async def _connect(self, db: str) -> None:
         try:
@@ -178,6 +221,7 @@ class Preflight:
             )
             return
         self.dbs[db] = await _db_facts(db, conn)
+        self.report.add(tls_finding(db, *_effective(conn)))
 
     # -- per database ------------------------------------------------------------------
 
@@ -213,6 +257,10 @@ class Preflight:
             )
         )
         r.add(keep_size_finding(d.name, keep))
+        physical = await _physical_replication_allowed(
+            self.config.databases[d.name].dsn.secret_value
+        )
+        r.extend(role_findings(d.name, "source", d.reach(physical)))
         if not (d.replication or d.superuser):
             r.add(
                 Finding(
@@ -231,6 +279,8 @@ class Preflight:
         if d.version < MIN_TESTED_VERSION and all(p.from_ != d.name for p in self.config.pipelines):
             r.add(_old_version(d))
         grant = "(or run sql/target/roles.sql)"
+        if all(p.from_ != d.name for p in self.config.pipelines):  # else: as a source
+            r.extend(role_findings(d.name, "target", d.reach()))
         cur = await conn.execute("SELECT has_database_privilege(current_database(), 'TEMP')")
         if not (await cur.fetchone())[0]:  # type: ignore[index]
             r.add(

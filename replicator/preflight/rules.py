@@ -6,11 +6,12 @@ Pure: each rule takes catalog facts and returns findings; :mod:`.checks` reads t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
 from replicator.mapping import ForeignKeyRef, TablePlan, TruncateFacts
-from replicator.preflight.findings import Finding
+from replicator.preflight.findings import Finding, show_ident
 
 # --- pure rules: server settings --------------------------------------------------------
 
@@ -344,4 +345,114 @@ def sequence_finding(
         "RESTART WITH <odd start> on one side and <even start> on the other (above the "
         "current maximum); or uuid keys; or insert on one side only",
         p.name,
+    )
+
+
+# --- least privilege and transport --------------------------------------------------------
+
+# predefined roles that reach far beyond what either side of a pipeline needs
+BROAD_ROLES: Final = (
+    "pg_read_all_data",
+    "pg_write_all_data",
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+    "pg_signal_backend",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RoleReach:
+    """What the role the config connects as may do, beyond its grants on tables."""
+
+    role: str
+    superuser: bool
+    createdb: bool
+    createrole: bool
+    replication: bool
+    member_of: tuple[str, ...]  # of BROAD_ROLES
+    physical: bool | None = None  # may open a physical replication connection (source)
+
+
+def role_findings(db: str, side: str, reach: RoleReach) -> list[Finding]:
+    """Warnings for a role that can do more than the daemon needs on ``side``
+    ("source" or "target"): the scripts in sql/ make roles that draw none."""
+    obj = f"{db}:role {reach.role}"
+    script = f"sql/{side}/roles.sql"
+    out = []
+    if reach.superuser:
+        out.append(
+            Finding(
+                "warning",
+                "privilege",
+                obj,
+                "connects as a superuser: a leaked DSN or a bug can then read or change "
+                "anything in the cluster",
+                f"create the least-privilege role with {script} and use it in the DSN",
+            )
+        )
+    else:
+        extra = [a for a, on in (("CREATEDB", reach.createdb), ("CREATEROLE", reach.createrole))
+                 if on]  # fmt: skip
+        if side == "target" and reach.replication:
+            extra.append("REPLICATION")
+        if extra:
+            out.append(
+                Finding(
+                    "warning",
+                    "privilege",
+                    obj,
+                    f"the role has {', '.join(extra)}, which the daemon does not need on "
+                    f"the {side}",
+                    f"ALTER ROLE {show_ident(reach.role)} "
+                    + " ".join(f"NO{a}" for a in extra)
+                    + f" (or run {script})",
+                )
+            )
+        if reach.member_of:
+            out.append(
+                Finding(
+                    "warning",
+                    "privilege",
+                    obj,
+                    f"member of {', '.join(reach.member_of)}: far more than the daemon needs",
+                    " ; ".join(
+                        f"REVOKE {r} FROM {show_ident(reach.role)}" for r in reach.member_of
+                    ),
+                )
+            )
+    if reach.physical:
+        out.append(
+            Finding(
+                "warning",
+                "privilege",
+                obj,
+                "the role can open a physical replication connection: pg_basebackup would "
+                "copy the whole cluster, unpublished tables included",
+                "in pg_hba.conf, give this role a line for its database only and let no "
+                "`replication` line match it (logical replication matches by database)",
+            )
+        )
+    return out
+
+
+def _local(host: str) -> bool:
+    # a unix socket (a path, or @abstract), or the loopback interface
+    return not host or host.startswith(("/", "@", "127.")) or host in {"localhost", "::1"}
+
+
+def tls_finding(db: str, hosts: list[str], sslmode: str) -> Finding | None:
+    """A warning when a connection to another host does not verify the server: without
+    ``verify-full`` (or ``verify-ca``) a man in the middle sees every row and the
+    password; ``require`` encrypts but accepts any certificate."""
+    remote = [h for h in hosts if not _local(h)]
+    if not remote or sslmode in ("verify-full", "verify-ca"):
+        return None
+    return Finding(
+        "warning",
+        "tls",
+        db,
+        f"connects to {', '.join(remote)} with sslmode={sslmode or 'prefer'}: the server is "
+        "not verified, so rows and credentials can be read or changed on the way",
+        "add sslmode=verify-full sslrootcert=/path/to/ca.crt to the DSN (README: TLS)",
     )

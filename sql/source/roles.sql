@@ -28,8 +28,12 @@
 --
 -- Passwords are not set here (they would land in shell history): use \password in psql,
 -- or certificate/peer authentication; the daemon reads its password from a libpq passfile.
--- pg_hba.conf needs a line for `replication` connections of this role too (the slot is
--- streamed over a replication connection): e.g.  host  replication  replicator_source ...
+-- pg_hba.conf: the slot is streamed over a LOGICAL replication connection, which pg_hba
+-- matches by DATABASE name (not by the `replication` keyword, which matches physical
+-- replication only: pg_basebackup of the whole cluster). One line per database, e.g.
+--     hostssl  smart_warehouse  replicator_source  10.0.0.0/24  scram-sha-256
+-- and no `replication` line that matches this role (REPLICATION would let it copy the
+-- cluster through one).
 --
 -- Idempotent: run it again at any time (e.g. after adding a table to a pipeline).
 

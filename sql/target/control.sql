@@ -49,6 +49,19 @@ BEGIN
 END
 $$;
 
+-- The id of the masking key the pipeline's hashed columns were written with (keyfile.key_id:
+-- an HMAC of a constant, nothing of the key): when it changes, the daemon re-copies every
+-- table with a `hash` mask under the new key (key rotation, README).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                    WHERE attrelid = 'replicator.pipelines'::regclass
+                      AND attname = 'key_id' AND NOT attisdropped) THEN
+        ALTER TABLE replicator.pipelines ADD COLUMN IF NOT EXISTS key_id text;
+    END IF;
+END
+$$;
+
 -- Per table: copy state, and the source position from which its changes apply.
 CREATE TABLE IF NOT EXISTS replicator.tables (
     pipeline        text NOT NULL,
@@ -76,8 +89,9 @@ BEGIN
 END
 $$;
 
--- Ranges of the initial copy (by the first key column, so a row stays in its range
--- whatever the snapshot): a crash mid-copy resumes with the ranges still missing.
+-- Ranges of the initial copy: a crash mid-copy resumes with the ranges still missing.
+-- Block ranges (ctid), so no value of the table is stored here; lower_key/upper_key are
+-- the key bounds of earlier versions (read when such a copy resumes, never written).
 CREATE TABLE IF NOT EXISTS replicator.copy_ranges (
     pipeline        text NOT NULL,
     source_schema   text NOT NULL,
@@ -92,6 +106,20 @@ CREATE TABLE IF NOT EXISTS replicator.copy_ranges (
     finished_at     timestamptz,
     PRIMARY KEY (pipeline, source_schema, source_table, range_no)
 );
+DO $$
+BEGIN
+    -- guarded: ALTER TABLE locks the table ACCESS EXCLUSIVE even when the column exists
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                    WHERE attrelid = 'replicator.copy_ranges'::regclass
+                      AND attname = 'snapshot_xmin' AND NOT attisdropped) THEN
+        ALTER TABLE replicator.copy_ranges
+            ADD COLUMN IF NOT EXISTS lower_block bigint,   -- inclusive; NULL: block 0
+            ADD COLUMN IF NOT EXISTS upper_block bigint,   -- exclusive; NULL: to the end
+            -- xmin of the snapshot the range was copied under (catch-up on resume)
+            ADD COLUMN IF NOT EXISTS snapshot_xmin xid8;
+    END IF;
+END
+$$;
 
 -- Rows the target rejected; masked exactly as they would have been applied.
 CREATE TABLE IF NOT EXISTS replicator.dead_letters (

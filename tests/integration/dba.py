@@ -6,6 +6,7 @@ Roles are cluster-wide, so each test names its roles after its own database.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +110,25 @@ def drop_role(cluster: localpg.LocalCluster, role: str, dbnames: list[str]) -> N
             conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
     with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def own_cluster(
+    install: localpg.PgInstall,
+    root: Path,
+    hba: list[str],
+    *,
+    settings: dict[str, str] | None = None,
+    files: dict[str, bytes] | None = None,
+) -> localpg.LocalCluster:
+    """A cluster of its own, started with exactly the pg_hba.conf lines ``hba`` (the
+    superuser keeps its local access) and ``files`` written into its data directory."""
+    cluster = localpg.LocalCluster(install, root, "own", settings=settings or {}).init()
+    lines = ["local all postgres trust", "local replication postgres trust", *hba]
+    cluster.data_dir.joinpath("pg_hba.conf").write_text("\n".join(lines) + "\n")
+    owner = cluster.data_dir.stat()
+    for name, content in (files or {}).items():
+        path = cluster.data_dir / name
+        path.write_bytes(content)
+        path.chmod(0o600)
+        os.chown(path, owner.st_uid, owner.st_gid)
+    return cluster.start()

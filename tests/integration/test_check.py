@@ -55,7 +55,19 @@ def test_good_config_passes_with_advice_only(dbs: DbPair, tmp_path: Path):
     assert errors(report) == []
     # the test clusters keep max_slot_wal_keep_size at its default: advice, not failure
     assert "max_slot_wal_keep_size" in {f["check"] for f in report["findings"]}
-    assert text.rstrip().endswith("ok: 0 error(s), 1 warning(s)")
+    # and the tests connect as the superuser, whom initdb's pg_hba lets replicate
+    # physically: warnings, each with its fix
+    privilege = sorted(
+        (f["obj"], f["message"].split(":")[0])
+        for f in report["findings"]
+        if f["check"] == "privilege" and f["severity"] == "warning" and f["fix"]
+    )
+    assert privilege == [
+        ("dst:role postgres", "connects as a superuser"),
+        ("src:role postgres", "connects as a superuser"),
+        ("src:role postgres", "the role can open a physical replication connection"),
+    ]
+    assert text.rstrip().endswith("ok: 0 error(s), 4 warning(s)")
 
 
 def test_wal_level_replica_is_an_error(dbs: DbPair, tmp_path: Path):
@@ -141,6 +153,14 @@ def test_roles_from_the_scripts_pass(roles: Roles, tmp_path: Path):
     code, report, text = check(tmp_path, roles.config([{"source": "orders"}]))
     assert code == 0, text
     assert errors(report) == []
+    # the scripts' roles hold nothing more than they need; only the test clusters'
+    # pg_hba (initdb's `local replication all trust`) still lets the source role copy
+    # the cluster (tests/integration/test_pg_hba.py runs the README's pg_hba)
+    privilege = [f["message"] for f in report["findings"] if f["check"] == "privilege"]
+    assert privilege == [
+        "the role can open a physical replication connection: pg_basebackup would copy the "
+        "whole cluster, unpublished tables included"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -226,3 +246,39 @@ def test_config_errors_are_findings_too(tmp_path: Path):
     assert [f["check"] for f in report["findings"]] == ["config"]
     assert "unknown database 'nowhere'" in report["findings"][0]["message"]
     assert "FAILED: 1 error(s)" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message", "fix"),
+    [
+        (b"a" * 32, 0o600, "distinct characters", "openssl rand -hex 32"),
+        (
+            b"3f9c1a07d2b84e65a1c0f3e7b2d9481c6a5e0f2b7d3c9148e6a2b0f5c7d1e934",
+            0o640,
+            "group",
+            "chmod 600",
+        ),
+    ],
+    ids=["weak", "group-readable"],
+)
+def test_a_weak_or_exposed_masking_key_is_refused_by_check_and_run(
+    dbs: DbPair, tmp_path: Path, content, mode, message, fix
+):
+    execute(dbs.src, TABLE)
+    execute(dbs.dst, TABLE)
+    key = tmp_path / "mask.key"
+    key.write_bytes(content)
+    key.chmod(mode)
+    config = dbs.config(
+        [{"source": "orders", "mask": {"note": "hash"}}], masking={"key_file": str(key)}
+    )
+    code, report, _ = check(tmp_path, config)
+    assert code == 1
+    found = only_error(report, "masking")
+    assert message in found["message"]
+    assert fix in found["fix"]
+    assert content.decode() not in orjson.dumps(report).decode()
+    res = run_cli("run", "-c", str(tmp_path / "check.toml"))
+    assert res.returncode == 1
+    assert fix in res.stderr
+    assert content.decode() not in res.stderr + res.stdout

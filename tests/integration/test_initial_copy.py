@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from replicator.masking import compile_mask, parse_mask
 from tests.plugins.pg import DbPair, wait_for_equal
 from tests.support import execute, scalar, wait_until
 
@@ -233,3 +236,158 @@ def test_rows_the_target_rejects_during_the_copy_become_dead_letters(dbs, daemon
         timeout=30,
         reason="the stream goes on after the copy",
     )
+
+
+HASHED = "CREATE TABLE ids (aadhaar text PRIMARY KEY, name text, v int)"
+
+
+def raw_values(dsn: str, query: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        return {r[0] for r in conn.execute(query).fetchall()}  # type: ignore[arg-type]
+
+
+def target_text(dsn: str) -> str:
+    """Every row of every table in the target database, as row text."""
+    with psycopg.connect(dsn) as conn:
+        tables = conn.execute(
+            "SELECT schemaname, tablename FROM pg_tables"
+            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        return "\n".join(
+            r[0]
+            for t in tables
+            for r in conn.execute(
+                sql.SQL("SELECT t::text FROM {} AS t").format(sql.Identifier(*t))
+            ).fetchall()
+        )
+
+
+def test_a_big_table_keyed_by_a_hashed_column_is_split_without_storing_a_key(dbs, daemon, tmp_path):
+    key = tmp_path / "mask.key"
+    key.write_text(secrets.token_hex(32))
+    key.chmod(0o600)
+    execute(dbs.src, HASHED)
+    execute(dbs.dst, HASHED)
+    execute(
+        dbs.src,
+        "INSERT INTO ids SELECT '5' || lpad((g * 7919)::text, 11, '0'), 'n' || g, g"
+        " FROM generate_series(1, 20000) g",
+        "ANALYZE ids",
+    )
+    daemon(
+        dbs.config(
+            [{"source": "ids", "mask": {"aadhaar": "hash"}}],
+            pipeline={"copy": {"workers": 2, "range_rows": 2000}},
+            masking={"key_file": str(key)},
+        )
+    )
+    wait_until(
+        lambda: scalar(dbs.dst, "SELECT state FROM replicator.pipelines") == "streaming",
+        timeout=120,
+        reason="initial copy done",
+    )
+    assert scalar(dbs.dst, "SELECT count(*) FROM replicator.copy_ranges") > 5  # it was split
+    fn = compile_mask(parse_mask("hash"), key.read_text().strip().encode())
+    with psycopg.connect(dbs.src) as conn:
+        src = conn.execute("SELECT aadhaar, name, v FROM ids").fetchall()
+    want = sorted((fn(a.encode()).decode(), n, v) for a, n, v in src)
+    with psycopg.connect(dbs.dst) as conn:
+        assert sorted(conn.execute("SELECT aadhaar, name, v FROM ids").fetchall()) == want
+    dump = target_text(dbs.dst)
+    leaked = [a for a in raw_values(dbs.src, "SELECT aadhaar FROM ids") if a in dump]
+    assert leaked == []
+
+
+def blocked_copy_trigger(dsn: str, marker: int) -> None:
+    """The target's copy of the range that holds row ``marker`` waits until released:
+    the daemon can be killed with the ranges before it done and the rest not."""
+    execute(
+        dsn,
+        "CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.v = {marker} THEN PERFORM pg_sleep(600); END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER hold BEFORE INSERT ON ids FOR EACH ROW EXECUTE FUNCTION hold()",
+        "ALTER TABLE ids ENABLE ALWAYS TRIGGER hold",
+    )
+
+
+def test_a_resumed_copy_keeps_rows_an_update_moved_into_a_range_done_before(dbs, daemon, tmp_path):
+    key = tmp_path / "mask.key"
+    key.write_text(secrets.token_hex(32))
+    key.chmod(0o600)
+    ddl = (
+        "CREATE TABLE ids (aadhaar text PRIMARY KEY, name text, v int, note text);"
+        " ALTER TABLE ids ALTER note SET STORAGE EXTERNAL"
+    )
+    execute(dbs.src, ddl, "CREATE INDEX ON ids (v)")  # updates of v are never HOT
+    execute(dbs.dst, ddl)
+    execute(
+        dbs.src,
+        "INSERT INTO ids SELECT '5' || lpad((g * 7919)::text, 11, '0'), 'n' || g, g,"
+        " CASE WHEN g % 2 = 0 THEN repeat(md5(g::text), 100) END"
+        " FROM generate_series(1, 8000) g",
+        "ANALYZE ids",
+    )
+    blocked_copy_trigger(dbs.dst, 6000)
+    cfg = dbs.config(
+        [{"source": "ids", "mask": {"aadhaar": "hash"}}],
+        pipeline={"copy": {"workers": 1, "range_rows": 1000}},
+        masking={"key_file": str(key)},
+    )
+    d = daemon(cfg)
+    done = "SELECT count(*) FROM replicator.copy_ranges WHERE done"
+    wait_until(
+        lambda: (
+            scalar(dbs.dst, "SELECT to_regclass('replicator.copy_ranges')")
+            and scalar(
+                dbs.dst,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                " AND datname = current_database()",
+            )
+        ),
+        timeout=120,
+        reason="the copy waits at the marked row",
+    )
+    d.kill()
+    execute(
+        dbs.dst,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+        "DROP TRIGGER hold ON ids",
+    )
+    ranges = (
+        psycopg.connect(dbs.dst)
+        .execute(
+            "SELECT lower_block, upper_block, done FROM replicator.copy_ranges ORDER BY range_no"
+        )
+        .fetchall()
+    )
+    first_open = next(lo for lo, _, ok in ranges if not ok)
+    assert scalar(dbs.dst, done) > 0
+    assert first_open
+    # free room in the done ranges, then move rows of the open ranges into it; the
+    # moved rows keep their TOASTed note unchanged, so the stream carries no note
+    execute(
+        dbs.src,
+        f"DELETE FROM ids WHERE ctid < '({first_open // 2},0)'",
+        "VACUUM ids",
+        f"UPDATE ids SET v = -v WHERE ctid >= '({first_open},0)' AND note IS NOT NULL",
+    )
+    moved = scalar(dbs.src, f"SELECT count(*) FROM ids WHERE v < 0 AND ctid < '({first_open},0)'")
+    assert moved > 0  # the hole the resume must fill is there
+    d.start()
+    wait_until(
+        lambda: scalar(dbs.dst, "SELECT state FROM replicator.pipelines") == "streaming",
+        timeout=180,
+        reason="copy resumed and done",
+    )
+    fn = compile_mask(parse_mask("hash"), key.read_text().strip().encode())
+
+    def expected() -> list[tuple]:
+        with psycopg.connect(dbs.src) as conn:
+            rows = conn.execute("SELECT aadhaar, name, v, note FROM ids").fetchall()
+        return sorted((fn(a.encode()).decode(), *rest) for a, *rest in rows)
+
+    def actual() -> list[tuple]:
+        with psycopg.connect(dbs.dst) as conn:
+            return sorted(conn.execute("SELECT aadhaar, name, v, note FROM ids").fetchall())
+
+    wait_until(lambda: actual() == expected(), timeout=60, reason="target equals source")

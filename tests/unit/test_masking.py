@@ -22,7 +22,6 @@ from replicator.masking import (
     MaskingKey,
     MaskSpec,
     compile_mask,
-    key_file_warnings,
     load_key,
     mask_datum,
     parse_mask,
@@ -721,19 +720,6 @@ def test_key_path_that_is_a_directory_names_the_file(tmp_path):
     assert str(tmp_path) in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    ("mode", "warned"),
-    [(0o600, False), (0o640, False), (0o644, True), (0o602, True)],
-    ids=["owner-only", "group-readable", "world-readable", "world-writable"],
-)
-def test_key_file_open_to_every_user_is_a_warning(tmp_path, mode, warned):
-    path = write_key(tmp_path / "mask.key", SECRET, mode=mode)
-    warnings = key_file_warnings(path, environ={})
-    assert bool(warnings) is warned
-    assert all(str(path) in w and "s3cr3t" not in w for w in warnings)
-    assert load_key(path, environ={}) == MaskingKey(SECRET)
-
-
 def _past_this_file(tb):
     """The traceback from the first frame outside this test module (whose locals are ours)."""
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
@@ -795,10 +781,6 @@ def test_a_traceback_with_locals_from_a_hash_mask_shows_no_key_bytes():
         )
     )
     assert "s3cr3t" not in out.getvalue()
-
-
-def test_missing_key_file_gives_no_warning_only_the_load_error(tmp_path):
-    assert key_file_warnings(tmp_path / "absent.key", environ={}) == []
 
 
 def test_loaded_key_drives_hash(tmp_path):
