@@ -166,9 +166,14 @@ class TargetSession:
         """Apply one table's folded changes inside the open transaction.
 
         Rows the target rejects (a data or integrity error) do not stop the stream: the
-        changes are split in halves under savepoints until each rejected row stands
-        alone; those go, masked, to replicator.dead_letters in this same transaction,
-        and the rest applies. If the dead letter cannot be written, the error stands."""
+        table's changes are replayed in source order, in consecutive pieces under
+        savepoints, each piece folded again and halved while the target refuses it, until
+        each refused change stands alone after every change before it. Folding may have
+        run a change ahead of the one that made room for it (a value freed and taken
+        again under a UNIQUE index that is not the key): in source order that change
+        applies. Those refused in source order go, masked, to replicator.dead_letters in
+        this same transaction, and the rest applies. If the dead letter cannot be
+        written, the error stands."""
         await self.begin()
         await self.conn.execute("SAVEPOINT replicator_flush")
         try:
@@ -196,7 +201,9 @@ class TargetSession:
         self._dirty.clear()
 
     async def _isolate(self, parts: list[TableBatch], counts: ApplyCounts) -> None:
-        """Bisect ``parts`` (one net change each) down to the changes the target rejects."""
+        """Bisect ``parts`` (one source change each, in source order) down to the changes
+        the target rejects. The halves apply one after the other, so every change is
+        judged on the state the changes before it left, as on the source."""
         if len(parts) == 1:
             await self.conn.execute("SAVEPOINT replicator_row")
             try:
@@ -420,6 +427,19 @@ def dead_letter_of(part: TableBatch) -> DeadLetter:
     def row_of(values: Sequence[Datum]) -> dict[str, str | None]:
         return {c: _text(v) for c, v in zip(cols, values, strict=True) if v is not UNCHANGED_TOAST}
 
+    def key_of(values: Sequence[Datum]) -> dict[str, str | None]:
+        return dict(zip(keycols, map(_text, plan.key_of(values)), strict=True))
+
+    if part.log:  # a keyed table's source change (a key move is one, not delete + insert)
+        ((op, old, new, txn),) = part.in_order()
+        if op == "D":
+            assert old is not None
+            return DeadLetter("delete", key_of(old), None, None, txn)
+        assert new is not None
+        row, key = row_of(new), key_of(new)
+        if op == "U":
+            return DeadLetter("update", key, row, key if old is None else key_of(old), txn)
+        return DeadLetter("insert", key, row, None, txn)
     if part.deleted:
         ((key, txn),) = part.deleted.items()
         return DeadLetter(
