@@ -94,13 +94,15 @@ HISTORIES = [
         ],
     ),
     (
-        # no row is touched twice: the update groups (which columns are unchanged TOAST)
-        # run in the order of their first row, and the taker's group comes first
-        "freed-value-reused-by-another-row-later",
+        # freed values passed on along three rows, in three later transactions; the first
+        # row changes again last, so folding puts it last. The update groups differ too
+        # (``big`` set, or left as unchanged TOAST).
+        "freed-values-reused-by-other-rows-later",
         [
-            "UPDATE u SET n = 1, big = 'small' WHERE id = 3",
-            "UPDATE u SET email = 'y' WHERE id = 1",  # frees 'x'; big unchanged
-            "UPDATE u SET email = 'x', big = 'small' WHERE id = 2",
+            "UPDATE u SET email = 'w' WHERE id = 1",  # frees 'x'
+            "UPDATE u SET email = 'x', big = 'small' WHERE id = 2",  # takes 'x', frees 'z'
+            "UPDATE u SET email = 'z' WHERE id = 3",  # takes 'z'
+            "UPDATE u SET n = 1 WHERE id = 1",
         ],
     ),
 ]

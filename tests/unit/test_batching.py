@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import psycopg
 import pytest
 
-from replicator.apply import dead_letter_of
+from replicator.apply import Refused, absorb, dead_letter_of, row_after
 from replicator.batching import INSERT, UPDATE, TableBatch
 from replicator.errors import SchemaError
 from replicator.lsn import Lsn
@@ -448,3 +449,32 @@ def test_each_split_part_is_one_dead_letter(
     (part,) = fold(make_plan, [op]).split()
     letter = dead_letter_of(part)
     assert (letter.operation, letter.key, letter.old_key, letter.row) == expected
+
+
+def test_later_changes_of_a_refused_row_fold_onto_it_and_follow_its_key_move(
+    make_plan: PlanFactory,
+) -> None:
+    tb = TableBatch(make_plan(["id", "v", "big"], ["id"]))
+    history = [
+        (None, row("1", "bad")),  # refused
+        (None, row("2", "ok")),
+        (key_tuple("1"), row("5", "bad")),  # row 1 moves to 5
+        (None, row("5", "worse", U)),
+    ]
+    for n, (old, new) in enumerate(history, 1):
+        tb.ref.begin = begin(n)
+        tb.update(old, new)
+    first, *rest = tb.split()
+    refused = {row_after(first): Refused(first, psycopg.errors.CheckViolation())}
+    kept = absorb(rest, refused)
+    assert [summary(p)["updates"] for p in kept] == [{b"2": row("2", "ok")}]
+    ((key, held),) = refused.items()
+    assert (key, held.absorbed) == ((b"5",), True)
+    letter = dead_letter_of(held.part)
+    assert (letter.operation, letter.key, letter.old_key, letter.txn) == (
+        "update",
+        {"id": "5"},
+        {"id": "1"},
+        begin(4),
+    )
+    assert letter.row == {"id": "5", "v": "worse", "big": "big"}
