@@ -150,9 +150,17 @@ class TargetSession:
         """Apply one table's folded changes inside the open transaction.
 
         Rows the target rejects (a data or integrity error) do not stop the stream: the
-        changes are split in halves under savepoints until each rejected row stands
-        alone; those go, masked, to replicator.dead_letters in this same transaction,
-        and the rest applies. If the dead letter cannot be written, the error stands."""
+        table's changes are replayed in source order, in consecutive pieces under
+        savepoints, each piece folded again and halved while the target refuses it, until
+        each refused change stands alone after every change before it. Folding may have
+        run a change ahead of the one that made room for it (a value freed and taken
+        again under a UNIQUE index that is not the key): in source order that change
+        applies. Once a change of a row is refused, that row's later changes in the
+        batch fold onto it instead of applying alone, and their net change is tried
+        once more at the end (a bad value updated again, or the row deleted, is no dead
+        letter, as when folded). What the target still refuses goes, masked, to
+        replicator.dead_letters in this same transaction, one letter per row, and the
+        rest applies. If the dead letter cannot be written, the error stands."""
         await self.begin()
         await self.conn.execute("SAVEPOINT replicator_flush")
         try:
@@ -161,7 +169,10 @@ class TargetSession:
             if classify(exc) is not Directive.DEAD_LETTER:
                 raise
             await self._rollback_to("replicator_flush")
-            await self._isolate(tb.split(), counts)
+            refused: dict[object, Refused] = {}
+            await self._isolate(tb.split(), counts, refused)
+            for held in refused.values():
+                await self._last_try(held, counts)
         else:
             await self.conn.execute("RELEASE SAVEPOINT replicator_flush")
 
@@ -179,8 +190,17 @@ class TargetSession:
         self._stages.clear()
         self._dirty.clear()
 
-    async def _isolate(self, parts: list[TableBatch], counts: ApplyCounts) -> None:
-        """Bisect ``parts`` (one net change each) down to the changes the target rejects."""
+    async def _isolate(
+        self,
+        parts: list[TableBatch],
+        counts: ApplyCounts,
+        refused: dict[object, Refused],
+    ) -> None:
+        """Bisect ``parts`` (one source change each, in source order) down to the changes
+        the target rejects. The halves apply one after the other, so every change is
+        judged on the state the changes before it left, as on the source. A refused change
+        goes into ``refused`` under its row's key; later changes of that row fold onto it
+        there, before the piece they are in is tried."""
         if len(parts) == 1:
             await self.conn.execute("SAVEPOINT replicator_row")
             try:
@@ -189,13 +209,16 @@ class TargetSession:
                 if classify(exc) is not Directive.DEAD_LETTER:
                     raise
                 await self._rollback_to("replicator_row")
-                await self._dead_letter(parts[0], exc)
-                counts.dead_letters += 1
+                refused[row_after(parts[0])] = Refused(parts[0], exc)
             else:
                 await self.conn.execute("RELEASE SAVEPOINT replicator_row")
             return
         mid = len(parts) // 2
-        for half in (parts[:mid], parts[mid:]):
+        for whole in (parts[:mid], parts[mid:]):
+            # rows refused so far: their later changes wait with the refused one
+            half = absorb(whole, refused) if refused else whole
+            if not half:
+                continue
             await self.conn.execute("SAVEPOINT replicator_half")
             try:
                 await self._flush_any(TableBatch.merge(half), counts)
@@ -203,9 +226,28 @@ class TargetSession:
                 if classify(exc) is not Directive.DEAD_LETTER:
                     raise
                 await self._rollback_to("replicator_half")
-                await self._isolate(half, counts)
+                await self._isolate(half, counts, refused)
             else:
                 await self.conn.execute("RELEASE SAVEPOINT replicator_half")
+
+    async def _last_try(self, held: Refused, counts: ApplyCounts) -> None:
+        """A row's refused change, with the row's later changes folded onto it: applied if
+        the target now takes the net change, else a dead letter."""
+        error = held.error
+        if held.absorbed:
+            await self.conn.execute("SAVEPOINT replicator_row")
+            try:
+                await self._flush_any(held.part, counts)
+            except psycopg.Error as exc:
+                if classify(exc) is not Directive.DEAD_LETTER:
+                    raise
+                await self._rollback_to("replicator_row")
+                error = exc
+            else:
+                await self.conn.execute("RELEASE SAVEPOINT replicator_row")
+                return
+        await self._dead_letter(held.part, error)
+        counts.dead_letters += 1
 
     async def _dead_letter(self, part: TableBatch, exc: psycopg.Error) -> None:
         plan = part.plan
@@ -421,6 +463,45 @@ def _text(v: Datum) -> str | None:
     return None if v is None else v.decode()  # type: ignore[union-attr]
 
 
+@dataclass(slots=True)
+class Refused:
+    """A row's first change the target refused in source order, with the row's later
+    changes of the batch folded onto it (``absorbed``)."""
+
+    part: TableBatch
+    error: psycopg.Error
+    absorbed: bool = False
+
+
+def row_before(part: TableBatch) -> object:
+    """The key by which a keyed table's change finds its row (none for other tables)."""
+    if not part.log:
+        return id(part)  # a table without a key: each change stands alone
+    _, old, new, _ = part.in_order()[0]
+    return part.plan.key_of(new if old is None else old)  # type: ignore[arg-type]
+
+
+def row_after(part: TableBatch) -> object:
+    """The key a keyed table's change leaves its row at (none for other tables)."""
+    if not part.log:
+        return id(part)
+    op, old, new, _ = part.in_order()[-1]
+    return part.plan.key_of(old if op == "D" else new)  # type: ignore[arg-type]
+
+
+def absorb(parts: Sequence[TableBatch], refused: dict[object, Refused]) -> list[TableBatch]:
+    """``parts`` without the changes of rows already refused: those fold, in order, onto
+    the refused change of their row (which then follows the row to a moved key)."""
+    kept: list[TableBatch] = []
+    for p in parts:
+        held = refused.pop(row_before(p), None)
+        if held is None:
+            kept.append(p)
+            continue
+        refused[row_after(p)] = Refused(TableBatch.merge([held.part, p]), held.error, True)
+    return kept
+
+
 def dead_letter_of(part: TableBatch) -> DeadLetter:
     """The single change in ``part`` as a dead letter. Values are the masked ones the
     plan produced; an unchanged TOAST value was never received and is left out."""
@@ -431,6 +512,25 @@ def dead_letter_of(part: TableBatch) -> DeadLetter:
     def row_of(values: Sequence[Datum]) -> dict[str, str | None]:
         return {c: _text(v) for c, v in zip(cols, values, strict=True) if v is not UNCHANGED_TOAST}
 
+    def key_of(values: Sequence[Datum]) -> dict[str, str | None]:
+        return dict(zip(keycols, map(_text, plan.key_of(values)), strict=True))
+
+    if part.log:
+        # a keyed table's refused source changes of one row (a key move is one change,
+        # not delete + insert): as one change from the first one's row to the last one's
+        changes = part.in_order()
+        first_op, first_old, first_new, _ = changes[0]
+        op, old, new, txn = changes[-1]
+        if op == "D":
+            assert old is not None
+            return DeadLetter("delete", key_of(old), None, None, txn)
+        assert new is not None
+        row, key = row_of(new), key_of(new)
+        if first_op == "I":
+            return DeadLetter("insert", key, row, None, txn)
+        assert first_new is not None
+        old_key = key_of(first_new if first_old is None else first_old)
+        return DeadLetter("update", key, row, old_key, txn)
     if part.deleted:
         ((key, txn),) = part.deleted.items()
         return DeadLetter(

@@ -17,6 +17,15 @@ unchanged TOAST values we never received cannot be folded: :meth:`TableBatch.upd
 returns False and the caller applies it alone, in order. Tables whose rows cannot
 be matched by a key keep their changes in source order instead.
 
+Folding reorders: a table's net updates run in one statement, in no particular order.
+Where the target has a UNIQUE index besides the key, a valid source history (a value
+freed by one row and taken by another, a swap through a temporary value) can collide
+halfway. So a keyed batch also keeps the ordered log of the changes it folded
+(:attr:`TableBatch.log`: references to the rows it holds anyway), and
+:meth:`TableBatch.split` / :meth:`TableBatch.merge` cut and refold that log in source
+order: the apply replays a table the target refused piece by piece, and only a change
+refused on its own, after every change before it, is judged bad.
+
 Pure: no I/O. Values arrive already projected and masked by the table plan.
 """
 
@@ -76,6 +85,12 @@ class OrderedOp:
     txn: Begin | None = None
 
 
+# One change of a keyed table as folded: (op, old, new, txn). ``op`` is "I", "U" or "D";
+# ``old`` is what update()/delete() received (None for an update that keeps its key),
+# ``new`` the row as folded (unchanged TOAST values filled in from earlier in the batch).
+Change = tuple[str, Row | None, Row | None, Begin | None]
+
+
 @dataclass(slots=True)
 class TableBatch:
     plan: TablePlan
@@ -90,6 +105,9 @@ class TableBatch:
     ref: TxnRef = field(default_factory=TxnRef)
     # (index into appended, Begin) where the source transaction changes: cheap per row
     appended_txns: list[tuple[int, Begin | None]] = field(default_factory=list)
+    # keyed tables: the changes folded into rows/deleted, in source order. The rows still
+    # in ``appended`` come after all of them (see :meth:`in_order`).
+    log: list[Change] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.appended or self.rows or self.deleted or self.ordered)
@@ -106,22 +124,19 @@ class TableBatch:
                 self.appended_txns.append((len(self.appended), begin))
             self.appended.append(row)
         else:
-            self.rows[self.plan.key_of(row)] = Entry(INSERT, row, None, self.ref.begin)
-
-    def appended_txn(self, index: int) -> Begin | None:
-        """The source transaction of ``appended[index]``."""
-        found = None
-        for start, begin in self.appended_txns:
-            if start > index:
-                break
-            found = begin
-        return found
+            begin = self.ref.begin
+            self.rows[self.plan.key_of(row)] = Entry(INSERT, row, None, begin)
+            self.log.append(("I", None, row, begin))
 
     def _fold_appended(self) -> None:
         key_of = self.plan.key_of
         rows = self.rows
-        for i, row in enumerate(self.appended):
-            rows[key_of(row)] = Entry(INSERT, row, None, self.appended_txn(i))
+        log = self.log
+        bounds = [*self.appended_txns, (len(self.appended), None)]
+        for (start, begin), (stop, _) in pairwise(bounds):
+            for row in self.appended[start:stop]:
+                rows[key_of(row)] = Entry(INSERT, row, None, begin)
+                log.append(("I", None, row, begin))
         self.appended.clear()
         self.appended_txns.clear()
 
@@ -151,21 +166,22 @@ class TableBatch:
         txn = self.ref.begin
         if prev is not None and prev.kind == INSERT:
             self.rows[key] = Entry(INSERT, merged, None, txn)  # still an insert, new values
-            return True
-        base = prev.old_key if prev is not None else src
-        if key == base:
-            self.rows[key] = Entry(UPDATE, merged, base, txn)
-        elif UNCHANGED_TOAST not in merged:
-            # a key move with every value known: delete + insert. Deletes run first and
-            # inserts last, so moves that swap keys never collide halfway.
-            assert base is not None
-            self.deleted[base] = txn
-            self.rows[key] = Entry(INSERT, merged, None, txn)
         else:
-            if prev is not None:
-                self.rows[src] = prev  # undo: the caller flushes it before this update
-            self.changes -= 1
-            return False
+            base = prev.old_key if prev is not None else src
+            if key == base:
+                self.rows[key] = Entry(UPDATE, merged, base, txn)
+            elif UNCHANGED_TOAST not in merged:
+                # a key move with every value known: delete + insert. Deletes run first and
+                # inserts last, so moves that swap keys never collide halfway.
+                assert base is not None
+                self.deleted[base] = txn
+                self.rows[key] = Entry(INSERT, merged, None, txn)
+            else:
+                if prev is not None:
+                    self.rows[src] = prev  # undo: the caller flushes it before this update
+                self.changes -= 1
+                return False
+        self.log.append(("U", old, merged, txn))
         return True
 
     def delete(self, old: Row) -> None:
@@ -183,12 +199,43 @@ class TableBatch:
             return
         key = plan.key_of(old)
         prev = self.rows.pop(key, None)
+        txn = self.ref.begin
         if prev is None:
-            self.deleted[key] = self.ref.begin
+            self.deleted[key] = txn
         elif prev.kind == UPDATE:
             assert prev.old_key is not None
-            self.deleted[prev.old_key] = self.ref.begin
+            self.deleted[prev.old_key] = txn
         # an INSERT folded away: the row never existed before this batch
+        self.log.append(("D", old, None, txn))
+
+    def in_order(self) -> list[Change]:
+        """Every change folded into this keyed batch, in source order."""
+        if not self.appended:
+            return self.log
+        bounds = [*self.appended_txns, (len(self.appended), None)]
+        tail = [
+            ("I", None, row, begin)
+            for (start, begin), (stop, _) in pairwise(bounds)
+            for row in self.appended[start:stop]
+        ]
+        return self.log + tail
+
+    def replay(self, changes: Sequence[Change]) -> None:
+        """Fold ``changes`` (from :meth:`in_order`) again, each under its own transaction."""
+        ref = self.ref
+        for op, old, new, txn in changes:
+            ref.begin = txn
+            if op == "I":
+                assert new is not None
+                self.insert(new)
+            elif op == "U":
+                assert new is not None
+                # a key move is logged only once every value is known: it always folds
+                folded = self.update(old, new)
+                assert folded
+            else:
+                assert old is not None
+                self.delete(old)
 
     # -- views for the apply ---------------------------------------------------------
 
@@ -233,44 +280,46 @@ class TableBatch:
             self.changes,
             self.ref,
             self.appended_txns,
+            self.log,
         )
         self.rows, self.deleted, self.ordered, self.appended = {}, {}, [], []
         self.appended_txns = []
+        self.log = []
         self.changes = 0
         return snap
 
     def split(self) -> list[TableBatch]:
-        """Every net change on its own, for isolating the rows a target rejects. The
-        changes of different keys are independent, so any subset applies on its own."""
+        """Every source change on its own, in source order, for isolating the changes a
+        target rejects. Applying the parts one after the other in this order is applying
+        the source's history: a part the target refuses then is refused in its own right,
+        not because folding moved it ahead of a change that made room for it."""
         parts: list[TableBatch] = []
-
-        def part() -> TableBatch:
-            tb = TableBatch(self.plan, ref=self.ref)
-            parts.append(tb)
-            return tb
-
-        for key, txn in self.deleted.items():
-            part().deleted[key] = txn
-        for key, e in self.rows.items():
-            part().rows[key] = e
-        for i, row in enumerate(self.appended):
-            part().rows[self.plan.key_of(row) if self.plan.key else (i,)] = Entry(
-                INSERT, row, None, self.appended_txn(i)
-            )
-        for op in self.ordered:
-            part().ordered.append(op)
-        for tb in parts:
-            tb.changes = 1
+        if self.plan.mode == "keyed":
+            for change in self.in_order():
+                tb = TableBatch(self.plan)
+                tb.replay((change,))
+                if tb.appended:
+                    tb._fold_appended()  # the same shape as every other part: rows + log
+                parts.append(tb)
+        else:
+            for op in self.ordered:
+                tb = TableBatch(self.plan, ref=self.ref)
+                tb.ordered.append(op)
+                tb.changes = 1
+                parts.append(tb)
         return parts
 
     @classmethod
     def merge(cls, parts: Sequence[TableBatch]) -> TableBatch:
-        tb = TableBatch(parts[0].plan, ref=parts[0].ref)
-        for p in parts:
-            tb.deleted.update(p.deleted)
-            tb.rows.update(p.rows)
-            tb.ordered.extend(p.ordered)
-            tb.changes += p.changes
+        """Consecutive parts of one :meth:`split`, folded together again in order."""
+        tb = TableBatch(parts[0].plan)
+        if tb.plan.mode == "keyed":
+            for p in parts:
+                tb.replay(p.in_order())
+        else:
+            for p in parts:
+                tb.ordered.extend(p.ordered)
+                tb.changes += p.changes
         return tb
 
     def clear(self) -> None:
@@ -279,4 +328,5 @@ class TableBatch:
         self.rows.clear()
         self.deleted.clear()
         self.ordered.clear()
+        self.log = []
         self.changes = 0

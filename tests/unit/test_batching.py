@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import psycopg
 import pytest
 
+from replicator.apply import Refused, absorb, dead_letter_of, row_after
 from replicator.batching import INSERT, UPDATE, TableBatch
 from replicator.errors import SchemaError
-from replicator.protocol.messages import UNCHANGED_TOAST, Datum
+from replicator.lsn import Lsn
+from replicator.protocol.messages import UNCHANGED_TOAST, Begin, Datum
 
 from .conftest import PlanFactory
 
@@ -306,3 +309,172 @@ def test_insert_only_table_rejects_updates_and_deletes(
     with pytest.raises(SchemaError, match=match):
         change(tb)
     assert [o.op for o in tb.ordered] == ["I"]
+
+
+# --- the ordered log: source order kept beside the folded net changes -----------------------
+
+
+def ops_of(changes: Sequence[tuple]) -> list[tuple[str, bytes]]:
+    """(op, key) per logged change: the key a change finds its row by, or the new key."""
+    return [(op, (old if op == "D" else new)[0]) for op, old, new, _ in changes]
+
+
+def begin(n: int) -> Begin:
+    return Begin(final_lsn=Lsn(n), commit_time=n, xid=n)
+
+
+def test_the_log_keeps_every_change_in_source_order_across_the_insert_fast_path(
+    make_plan: PlanFactory,
+) -> None:
+    tb = TableBatch(make_plan(["id", "v", "big"], ["id"]))
+    history: list[tuple[Begin, Op]] = [
+        (begin(1), ("I", None, row("1", "a"))),
+        (begin(1), ("I", None, row("2", "a"))),
+        (begin(2), ("U", None, row("1", "b"))),  # folds the fast-path inserts
+        (begin(3), ("D", key_tuple("2"), None)),
+        (begin(3), ("I", None, row("3", "c"))),
+    ]
+    for txn, (op, old, new) in history:
+        tb.ref.begin = txn
+        if op == "I":
+            tb.insert(new)  # type: ignore[arg-type]
+        elif op == "U":
+            tb.update(old, new)  # type: ignore[arg-type]
+        else:
+            tb.delete(old)  # type: ignore[arg-type]
+    changes = tb.in_order()
+    assert ops_of(changes) == [("I", b"1"), ("I", b"2"), ("U", b"1"), ("D", b"2"), ("I", b"3")]
+    assert [c[3] for c in changes] == [txn for txn, _ in history]
+
+
+def test_inserts_still_on_the_fast_path_come_last_in_the_log(make_plan: PlanFactory) -> None:
+    tb = fold(
+        make_plan,
+        [("I", None, row("1")), ("D", key_tuple("1"), None), ("I", None, row("2"))],
+    )
+    assert tb.appended == [row("2")]  # the batch emptied: inserts take the fast path again
+    assert ops_of(tb.in_order()) == [("I", b"1"), ("D", b"1"), ("I", b"2")]
+
+
+def test_a_logged_update_carries_the_toast_value_folded_from_earlier_in_the_batch(
+    make_plan: PlanFactory,
+) -> None:
+    tb = fold(make_plan, [("U", None, row("1", "a", b"new big")), ("U", None, row("1", "b", U))])
+    assert [new for _, _, new, _ in tb.in_order()] == [
+        row("1", "a", b"new big"),
+        row("1", "b", b"new big"),
+    ]
+
+
+def test_a_key_move_that_cannot_fold_is_not_logged(make_plan: PlanFactory) -> None:
+    tb = fold(make_plan, [("U", None, row("1", "a", U))])
+    assert tb.update(key_tuple("1"), row("2", "moved", U)) is False
+    assert ops_of(tb.in_order()) == [("U", b"1")]
+
+
+def test_take_hands_the_log_over_and_clear_empties_it(make_plan: PlanFactory) -> None:
+    tb = fold(make_plan, [("U", None, row("1")), ("D", key_tuple("2"), None)])
+    snap = tb.take()
+    assert ops_of(snap.in_order()) == [("U", b"1"), ("D", b"2")]
+    assert tb.in_order() == []
+    snap.clear()
+    assert snap.in_order() == []
+
+
+@pytest.mark.parametrize(("ops", "expected"), [f[1:] for f in FOLDS], ids=[f[0] for f in FOLDS])
+def test_split_parts_merged_back_in_order_fold_into_the_same_net_change(
+    make_plan: PlanFactory, ops: list[Op], expected: dict
+) -> None:
+    parts = fold(make_plan, ops).split()
+    assert len(parts) == len(ops)  # one part per source change, not per net change
+    assert [p.changes for p in parts] == [1] * len(ops)
+    assert summary(TableBatch.merge(parts)) == expected
+    assert TableBatch.merge(parts).changes == len(ops)
+
+
+def test_split_cuts_a_unique_value_chain_into_source_order_steps(make_plan: PlanFactory) -> None:
+    # rows 1 ('x') and 2 ('z'): 1 takes 'y', 2 takes the freed 'x', 1 is touched again.
+    # Folded, 2's update comes first (last touched order) and would collide with 1 still
+    # holding 'x'; the parts apply 1's first update before 2's.
+    tb = TableBatch(make_plan(["id", "v", "big"], ["id"]))
+    for n, new in enumerate([row("1", "y"), row("2", "x"), row("1", "y", b"other")], 1):
+        tb.ref.begin = begin(n)
+        tb.update(None, new)
+    assert list(tb.rows) == [(b"2",), (b"1",)]
+    parts = tb.split()
+    assert [summary(p)["updates"] for p in parts] == [
+        {b"1": row("1", "y")},
+        {b"2": row("2", "x")},
+        {b"1": row("1", "y", b"other")},
+    ]
+    assert [e.txn for p in parts for e in p.rows.values()] == [begin(1), begin(2), begin(3)]
+    # consecutive pieces refold in order: the first two are 1 then 2
+    assert list(TableBatch.merge(parts[:2]).rows) == [(b"1",), (b"2",)]
+
+
+def test_a_key_move_part_is_one_dead_letter_with_its_old_key(make_plan: PlanFactory) -> None:
+    tb = TableBatch(make_plan(["id", "v", "big"], ["id"]))
+    tb.ref.begin = begin(7)
+    tb.update(key_tuple("1"), row("5", "a"))
+    (part,) = tb.split()
+    assert (list(part.deleted), list(part.rows)) == ([(b"1",)], [(b"5",)])
+    letter = dead_letter_of(part)
+    assert (letter.operation, letter.key, letter.old_key, letter.txn) == (
+        "update",
+        {"id": "5"},
+        {"id": "1"},
+        begin(7),
+    )
+    assert letter.row == {"id": "5", "v": "a", "big": "big"}
+
+
+@pytest.mark.parametrize(
+    ("op", "expected"),
+    [
+        (
+            ("I", None, row("1", "a")),
+            ("insert", {"id": "1"}, None, {"id": "1", "v": "a", "big": "big"}),
+        ),
+        (  # an unchanged TOAST value was never received: left out
+            ("U", None, row("1", "a", U)),
+            ("update", {"id": "1"}, {"id": "1"}, {"id": "1", "v": "a"}),
+        ),
+        (("D", key_tuple("1"), None), ("delete", {"id": "1"}, None, None)),
+    ],
+    ids=["insert", "update", "delete"],
+)
+def test_each_split_part_is_one_dead_letter(
+    make_plan: PlanFactory, op: Op, expected: tuple
+) -> None:
+    (part,) = fold(make_plan, [op]).split()
+    letter = dead_letter_of(part)
+    assert (letter.operation, letter.key, letter.old_key, letter.row) == expected
+
+
+def test_later_changes_of_a_refused_row_fold_onto_it_and_follow_its_key_move(
+    make_plan: PlanFactory,
+) -> None:
+    tb = TableBatch(make_plan(["id", "v", "big"], ["id"]))
+    history = [
+        (None, row("1", "bad")),  # refused
+        (None, row("2", "ok")),
+        (key_tuple("1"), row("5", "bad")),  # row 1 moves to 5
+        (None, row("5", "worse", U)),
+    ]
+    for n, (old, new) in enumerate(history, 1):
+        tb.ref.begin = begin(n)
+        tb.update(old, new)
+    first, *rest = tb.split()
+    refused = {row_after(first): Refused(first, psycopg.errors.CheckViolation())}
+    kept = absorb(rest, refused)
+    assert [summary(p)["updates"] for p in kept] == [{b"2": row("2", "ok")}]
+    ((key, held),) = refused.items()
+    assert (key, held.absorbed) == ((b"5",), True)
+    letter = dead_letter_of(held.part)
+    assert (letter.operation, letter.key, letter.old_key, letter.txn) == (
+        "update",
+        {"id": "5"},
+        {"id": "1"},
+        begin(4),
+    )
+    assert letter.row == {"id": "5", "v": "worse", "big": "big"}
