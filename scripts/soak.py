@@ -142,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         h.start()
     summary: list[str] = []
     failed_total = 0
+    interrupted = False
     try:
         for major in versions:
+            if interrupted:
+                break
             pair = pg.get_pair(major)
             t0 = time.monotonic()
             done_h = 0
@@ -189,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                         ep.make_proxy,
                         catchup_timeout=args.catchup_timeout,
                     )
+                except KeyboardInterrupt:
+                    print(f"interrupted in episode {seed}: summary of the episodes done")
+                    interrupted = True
+                    break
                 finally:
                     ep.close()
                 episodes += 1

@@ -89,6 +89,7 @@ class Stmt:
     row: tuple[tuple[str, Any], ...] = ()
     key: tuple[tuple[str, Any], ...] = ()
     tables: tuple[str, ...] = ()  # truncate
+    cascade: bool = False  # TRUNCATE ... CASCADE (the parent alone takes its children along)
     name: str = ""  # savepoints
 
     def render(self, schema: str) -> sql.Composed:
@@ -116,8 +117,9 @@ class Stmt:
                     t(self.table), pairs(self.key, " AND ")
                 )
             case "truncate":
-                return sql.SQL("TRUNCATE {}").format(
-                    sql.SQL(", ").join(t(name) for name in self.tables)
+                return sql.SQL("TRUNCATE {}{}").format(
+                    sql.SQL(", ").join(t(name) for name in self.tables),
+                    sql.SQL(" CASCADE" if self.cascade else ""),
                 )
             case "savepoint":
                 return sql.SQL("SAVEPOINT {}").format(sql.Identifier(self.name))
@@ -227,6 +229,8 @@ class _Gen:
             case "truncate":
                 for t in stmt.tables:
                     m[t].clear()
+                if stmt.cascade and "parent" in stmt.tables:
+                    m["child"].clear()
 
     def insert(self, table: str, row: Row, op: str = "insert") -> None:
         self.emit(Stmt("insert", table, row=tuple(row.items())), op)
@@ -354,8 +358,8 @@ class _Gen:
         self.update("u", (a["id"],), {"email": eb}, "unique_swap_tx")
         return True
 
-    def truncate(self, tables: tuple[str, ...], op: str) -> None:
-        self.emit(Stmt("truncate", tables=tables), op)
+    def truncate(self, tables: tuple[str, ...], op: str, *, cascade: bool = False) -> None:
+        self.emit(Stmt("truncate", tables=tables, cascade=cascade), op)
 
     def op_truncate(self) -> bool:
         self.truncate((self.rng.choice(("u", "doc")),), "truncate")
@@ -364,7 +368,11 @@ class _Gen:
     def op_truncate_fk(self) -> bool:
         if "fk" not in self.features:
             return False
-        self.truncate(("parent", "child") if self.rng.random() < 0.6 else ("child",), "truncate_fk")
+        r = self.rng.random()
+        if r < 0.4:
+            self.truncate(("parent",), "truncate_fk", cascade=True)
+        else:
+            self.truncate(("parent", "child") if r < 0.7 else ("child",), "truncate_fk")
         return True
 
     def op_truncate_partitioned(self) -> bool:

@@ -84,7 +84,7 @@ def test_swaps_leave_the_unique_column_unique_at_every_commit():
                     rows[r.get("id", old)] = email
                 elif s.table == "u" and s.kind == "delete":
                     del rows[s.key[0][1]]
-                elif s.kind == "truncate" and "u" in s.tables:
+                elif s.kind == "truncate" and "u" in s.tables:  # CASCADE reaches only child
                     rows.clear()
                 assert len(set(rows.values())) == len(rows), f"seed {seed}: duplicate email"
             if not tx.commit:
