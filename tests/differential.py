@@ -30,7 +30,7 @@ from psycopg import sql
 
 from tests import histories
 from tests.histories import History
-from tests.support import snapshot
+from tests.support import WaitTimeout, scalar, snapshot, wait_until
 
 FAULTS: tuple[str, ...] = (
     "kill",  # SIGKILL of the daemon, then start it again
@@ -335,6 +335,9 @@ def run_episode(
             f"host=127.0.0.1 port={proxy.port} dbname={dbs.name} user=postgres connect_timeout=3"
         )
     d = start_daemon(cfg)
+    # the streamed transactions must reach the target by the stream, not by the first
+    # copy: a busy machine can take longer to start the daemon than to run the histories
+    _wait_streaming(dbs.dst, d, timeout=catchup_timeout)
 
     faults = list(plan.faults)
     done: list[str] = []
@@ -384,6 +387,25 @@ def run_episode(
     return EpisodeResult(
         plan, dbs.major, results, caught_up, time.monotonic() - t0, done, exit_code, excerpt
     )
+
+
+def _wait_streaming(dst: str, d: Any, *, timeout: float) -> bool:
+    """Until the pipeline streams; False when it does not (a failed first copy, say: the
+    judge then reports what is missing) or the daemon exits."""
+
+    def streaming() -> bool:
+        if not d.alive():
+            return True  # nothing to wait for
+        try:
+            return bool(scalar(dst, "SELECT state = 'streaming' FROM replicator.pipelines"))
+        except psycopg.Error:
+            return False
+
+    try:
+        wait_until(streaming, timeout=timeout, reason="the pipeline streams", interval=0.2)
+    except WaitTimeout:
+        return False
+    return d.alive()
 
 
 def _judge(dbs: Any, results: list[HistoryResult]) -> None:
