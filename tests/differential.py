@@ -48,10 +48,10 @@ FAULTS: tuple[str, ...] = (
 KNOWN_BROKEN_FEATURES: dict[str, str] = {
     "unique_swap_tx": "issue 11 #1: folding breaks non-key UNIQUE constraints (dead letters)",
     "unique_swap_across": "issue 11 #1: folding breaks non-key UNIQUE constraints",
-    "truncate_fk": "issue 11 #2: TRUNCATE of an FK-referenced target fails",
     "truncate_partitioned": "issue 11 #3: TRUNCATE ONLY of a partitioned target fails",
 }
-# the first copy's "truncate" mode fails on this schema's FK and partitioned targets (#2, #3)
+# the first copy's "truncate" mode fails on this schema's FK and partitioned targets (#2, #3);
+# a streamed TRUNCATE of the FK pair (both, the child alone, the parent CASCADE) applies fine
 KNOWN_BROKEN_SNAPSHOTS: dict[str, str] = {
     "truncate": "issue 11 #2/#3: the first copy truncates FK-referenced/partitioned targets",
 }
