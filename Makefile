@@ -6,7 +6,7 @@ PYTHON ?= $(or $(SYSTEM_PY),python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check replicator tests bench scripts
+
+# the randomized differential test for as long as asked, under CPU load; options after
+# SOAK_ARGS, e.g. make soak SOAK_ARGS="--duration 1200 --pg 18 --faults kill,cut_target"
+soak: $(VENV)/.installed
+	$(PY) scripts/soak.py $(SOAK_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_core.py

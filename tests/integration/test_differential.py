@@ -1,0 +1,55 @@
+"""Randomized differential test, short run: seeded histories through the daemon with faults.
+
+Each case is one episode (tests/differential.py): a pipeline with random batch settings,
+a few seeded histories in their own schemas, faults between transactions, then the target
+must equal the source with no dead letter. ``make soak`` runs many more (scripts/soak.py);
+a failure prints the command that replays it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import histories
+from tests.differential import (
+    KNOWN_BROKEN_FEATURES,
+    KNOWN_BROKEN_SNAPSHOTS,
+    plan_episode,
+    run_episode,
+)
+
+# fixed seeds, so `make test` is repeatable; scripts/soak.py draws new ones
+EPISODES = [101, 202]
+WORKING = frozenset(histories.FEATURES) - KNOWN_BROKEN_FEATURES.keys()
+SNAPSHOTS = [s for s in ("truncate", "merge") if s not in KNOWN_BROKEN_SNAPSHOTS]
+
+
+def _episode(dbs, daemon, tcp_proxy, seed, features, snapshots):
+    plan = plan_episode(
+        seed,
+        features=features,
+        histories_per_episode=3,
+        transactions=20,
+        fault_count=(2, 2),
+        snapshots=snapshots,
+    )
+    result = run_episode(plan, dbs, daemon, tcp_proxy, catchup_timeout=90)
+    print(result.report())
+    assert not [r for r in result.results if r.source_error], "a generated history is invalid"
+    assert result.ok, result.report()
+
+
+@pytest.mark.differential
+@pytest.mark.parametrize("seed", EPISODES)
+def test_random_histories_with_faults_arrive_exactly_once(dbs, daemon, tcp_proxy, seed):
+    _episode(dbs, daemon, tcp_proxy, seed, WORKING, SNAPSHOTS)
+
+
+@pytest.mark.differential
+@pytest.mark.xfail(
+    reason="known bugs, fixes under way: "
+    + "; ".join(sorted({*KNOWN_BROKEN_FEATURES.values(), *KNOWN_BROKEN_SNAPSHOTS.values()})),
+    strict=False,
+)
+def test_every_feature_with_faults_arrives_exactly_once(dbs, daemon, tcp_proxy):
+    _episode(dbs, daemon, tcp_proxy, 303, histories.FEATURES, ("truncate", "merge"))
