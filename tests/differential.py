@@ -45,17 +45,6 @@ FAULTS: tuple[str, ...] = (
 # What known bugs (issue 11, fixes under way on other branches) break on today's code: the
 # short run in `make test` leaves these out of its must-pass episodes and runs them in an
 # expected-to-fail one; drop an entry when its fix lands.
-KNOWN_BROKEN_FEATURES: dict[str, str] = {
-    "unique_swap_tx": "issue 11 #1: folding breaks non-key UNIQUE constraints (dead letters)",
-    "unique_swap_across": "issue 11 #1: folding breaks non-key UNIQUE constraints",
-    "truncate_partitioned": "issue 11 #3: TRUNCATE ONLY of a partitioned target fails",
-}
-# the first copy's "truncate" mode fails on this schema's FK and partitioned targets (#2, #3);
-# a streamed TRUNCATE of the FK pair (both, the child alone, the parent CASCADE) applies fine
-KNOWN_BROKEN_SNAPSHOTS: dict[str, str] = {
-    "truncate": "issue 11 #2/#3: the first copy truncates FK-referenced/partitioned targets",
-}
-
 # batch settings drawn per episode (see replicator/config.py BatchConfig for the limits)
 MAX_CHANGES = (1, 2, 3, 7, 20, 100, 1000, 50_000)
 MAX_DELAY_MS = (1, 5, 20, 50, 200, 500)

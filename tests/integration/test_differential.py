@@ -11,17 +11,10 @@ from __future__ import annotations
 import pytest
 
 from tests import histories
-from tests.differential import (
-    KNOWN_BROKEN_FEATURES,
-    KNOWN_BROKEN_SNAPSHOTS,
-    plan_episode,
-    run_episode,
-)
+from tests.differential import plan_episode, run_episode
 
 # fixed seeds, so `make test` is repeatable; scripts/soak.py draws new ones
-EPISODES = [101, 202]
-WORKING = frozenset(histories.FEATURES) - KNOWN_BROKEN_FEATURES.keys()
-SNAPSHOTS = [s for s in ("truncate", "merge") if s not in KNOWN_BROKEN_SNAPSHOTS]
+EPISODES = [101, 303]
 
 
 def _episode(dbs, daemon, tcp_proxy, seed, features, snapshots):
@@ -42,14 +35,4 @@ def _episode(dbs, daemon, tcp_proxy, seed, features, snapshots):
 @pytest.mark.differential
 @pytest.mark.parametrize("seed", EPISODES)
 def test_random_histories_with_faults_arrive_exactly_once(dbs, daemon, tcp_proxy, seed):
-    _episode(dbs, daemon, tcp_proxy, seed, WORKING, SNAPSHOTS)
-
-
-@pytest.mark.differential
-@pytest.mark.xfail(
-    reason="known bugs, fixes under way: "
-    + "; ".join(sorted({*KNOWN_BROKEN_FEATURES.values(), *KNOWN_BROKEN_SNAPSHOTS.values()})),
-    strict=False,
-)
-def test_every_feature_with_faults_arrives_exactly_once(dbs, daemon, tcp_proxy):
-    _episode(dbs, daemon, tcp_proxy, 303, histories.FEATURES, ("truncate", "merge"))
+    _episode(dbs, daemon, tcp_proxy, seed, histories.FEATURES, ("truncate", "merge"))
