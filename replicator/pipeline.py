@@ -405,6 +405,7 @@ class Pipeline:
             self._txn.begin = begin
             await self._fold_change(target, self._plans, change)
         self._txn.begin = current
+        await self._settle()  # see _on_relation: the flush in flight owns the connection
         await target.begin()
         await control.write_table(
             target.conn, self.pipe.name, sync.plan.source, "ready", skip_until=sync.lsn
@@ -722,6 +723,10 @@ class Pipeline:
             self._plans[rid] = None
             self._tables.pop(rid, None)
             return
+        # the flush in flight shares the connection: one of its statements may fail (a
+        # refused row it is about to replay or dead-letter) and leave the transaction
+        # aborted until its own handler rolls back; nothing else may run in between
+        await self._settle()
         facts = await read_target_table(target.conn, table.target_name)
         plan = build_plan(
             rel,
