@@ -243,7 +243,7 @@ class Preflight:
             " WHERE slot_name = ANY(%s)",
             [[p.slot_name for p in pipes]],
         )
-        slots = dict(await cur.fetchall())
+        slots: dict[str, bool] = dict(await cur.fetchall())  # slot name -> active
         missing = sum(1 for p in pipes if p.slot_name not in slots)
         idle = sum(1 for p in pipes if not slots.get(p.slot_name))
         r.extend(
@@ -320,7 +320,7 @@ class Preflight:
             " GROUP BY p.proname",
             [list(ORIGIN_FUNCTIONS)],
         )
-        allowed = dict(await cur.fetchall())
+        allowed: dict[str, bool] = dict(await cur.fetchall())  # function -> executable
         denied = [f for f in ORIGIN_FUNCTIONS if not allowed.get(f)]
         if denied:
             r.add(
@@ -346,7 +346,7 @@ class Preflight:
         try:
             async with d.conn.transaction(force_rollback=True):
                 await d.conn.execute("SET LOCAL lock_timeout = '3s'")
-                await d.conn.execute(control.control_ddl())  # type: ignore[arg-type]
+                await d.conn.execute(control.control_ddl())
         except psycopg.errors.LockNotAvailable:
             r.add(
                 Finding(
