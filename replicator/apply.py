@@ -36,6 +36,7 @@ from replicator.errors import describe_error
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan
 from replicator.protocol.messages import UNCHANGED_TOAST, Begin, Datum, pg_timestamp_to_datetime
+from replicator.query import fetch_one
 
 _log = structlog.get_logger("replicator")
 
@@ -88,7 +89,7 @@ class TargetSession:
                 "SELECT pg_catalog.pg_replication_origin_session_setup(%s)", [origin]
             )
             cur = await conn.execute("SELECT current_setting('track_commit_timestamp')::bool")
-            tracked = (await cur.fetchone())[0]  # type: ignore[index]
+            tracked = (await fetch_one(cur))[0]
         except BaseException:
             await conn.close()
             raise
@@ -313,14 +314,14 @@ class TargetSession:
             self._dirty.add(plan.target.oid)
             deleted = updated = inserted = 0
             if tb.deleted:
-                missing, logged = await cur.fetchone()  # type: ignore[misc]
+                missing, logged = await fetch_one(cur)
                 counts.conflicts += logged
                 counts.delete_missing += missing
                 cur.nextset()
                 deleted = cur.rowcount
                 cur.nextset()
             for _ in numbered:
-                n, missing, logged = await cur.fetchone()  # type: ignore[misc]
+                n, missing, logged = await fetch_one(cur)
                 updated += n
                 counts.update_missing += missing
                 counts.conflicts += logged

@@ -38,6 +38,7 @@ from replicator.errors import SchemaError
 from replicator.lsn import Lsn
 from replicator.mapping import TablePlan
 from replicator.protocol.messages import Begin, Datum, datetime_to_pg_timestamp
+from replicator.query import fetch_one
 from replicator.sqlgen import copy_value
 from replicator.stats import TableProgress
 from replicator.stream import wait_fd
@@ -111,7 +112,7 @@ async def plan_table_ranges(
                 sqlgen.table_ident(plan.source)
             )
         )
-        reltuples = (await cur.fetchone())[0]  # type: ignore[index]
+        reltuples = (await fetch_one(cur))[0]
     return block_ranges(plan.source, reltuples, blocks, rows_per_range)
 
 
@@ -384,7 +385,7 @@ class CopyWorker:
             cur = await src.execute(
                 "SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text"
             )
-            xmin = int((await cur.fetchone())[0])  # type: ignore[index]
+            xmin = int((await fetch_one(cur))[0])
             await target.begin()
             if truncate_first:
                 await target.truncate([plan.target.name], restart_identity=False)
