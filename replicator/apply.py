@@ -469,7 +469,11 @@ def _staged_updates(entries: Iterable[Entry]) -> Iterator[tuple[Key, Row, Begin 
 
 
 def _text(v: Datum) -> str | None:
-    return None if v is None else v.decode()  # type: ignore[union-attr]
+    if v is None:
+        return None
+    if not isinstance(v, bytes):
+        raise TypeError(f"cannot write a {type(v).__name__} value as text")
+    return v.decode()
 
 
 @dataclass(slots=True)
@@ -487,7 +491,9 @@ def row_before(part: TableBatch) -> object:
     if not part.log:
         return id(part)  # a table without a key: each change stands alone
     _, old, new, _ = part.in_order()[0]
-    return part.plan.key_of(new if old is None else old)  # type: ignore[arg-type]
+    row = new if old is None else old
+    assert row is not None  # a change without its old row has its new one
+    return part.plan.key_of(row)
 
 
 def row_after(part: TableBatch) -> object:
@@ -495,7 +501,9 @@ def row_after(part: TableBatch) -> object:
     if not part.log:
         return id(part)
     op, old, new, _ = part.in_order()[-1]
-    return part.plan.key_of(old if op == "D" else new)  # type: ignore[arg-type]
+    row = old if op == "D" else new
+    assert row is not None  # a delete has its old row, any other change its new one
+    return part.plan.key_of(row)
 
 
 def absorb(parts: Sequence[TableBatch], refused: dict[object, Refused]) -> list[TableBatch]:

@@ -195,7 +195,7 @@ class _Refuse(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: write() by duck typing
-        transport.write(_BUSY)  # type: ignore[attr-defined]
+        transport.write(_BUSY)  # type: ignore[attr-defined]  # duck typed, see above
         transport.close()
 
 

@@ -607,7 +607,7 @@ class Pipeline:
         """Decode one raw change and fold it into its table's batch; a change of a table
         being resynced is kept aside for after its copy."""
         msg = self._decoder.decode(change)
-        rid = msg.relation_id  # type: ignore[union-attr]
+        rid = msg.relation_id  # type: ignore[union-attr]  # a change: Insert, Update or Delete
         plan = plans.get(rid)
         if plan is None:
             if chunk is not None and rid in self._syncs:
@@ -666,14 +666,13 @@ class Pipeline:
                     continue
                 await self._fold_change(target, plans, item, chunk)
                 continue
-            cls = item.__class__
-            if cls is Relation:
-                await self._on_relation(target, item)  # type: ignore[arg-type]
+            if item.__class__ is Relation:
+                await self._on_relation(target, item)
                 plans = self._effective_plans(chunk)  # the relation may carry a skip
-            elif cls is Truncate:
-                await self._on_truncate(target, item)  # type: ignore[arg-type]
+            elif item.__class__ is Truncate:
+                await self._on_truncate(target, item)
             else:
-                assert cls is LogicalMessage
+                assert item.__class__ is LogicalMessage
         self._batch_changes += len(chunk.items)
         self.stats.changes += len(chunk.items)
         self._batch_bytes += chunk.nbytes

@@ -71,7 +71,7 @@ def copy_rows(rows: Iterable[Sequence[Datum]]) -> bytes:
     needs_escape = _NEEDS_ESCAPE
     for r in rows:
         try:
-            line = join(r)  # type: ignore[arg-type]
+            line = join(r)  # type: ignore[arg-type]  # a None or marker raises TypeError
         except TypeError:
             append(copy_line(r))
             continue
@@ -547,7 +547,9 @@ def restart_sequence(seq: QualifiedName) -> sql.Composed:
 def _text_literal(v: Datum) -> sql.Composable:
     if v is None:
         return sql.NULL
-    return sql.Literal(v.decode())  # type: ignore[union-attr]
+    if not isinstance(v, bytes):
+        raise TypeError(f"cannot write a {type(v).__name__} value as a literal")
+    return sql.Literal(v.decode())
 
 
 def _typed(plan: TablePlan, i: int, v: Datum) -> sql.Composable:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from replicator.errors import ProtocolError
 from replicator.lsn import Lsn
@@ -249,7 +249,10 @@ def _read_commit(r: _Reader) -> Commit:
     return Commit(flags, r.lsn("commit_lsn"), r.lsn("end_lsn"), r.i64("commit_time"))
 
 
-def _strict(buf: bytes, tag: str, read: Callable[[_Reader], Message]) -> Message:
+_M = TypeVar("_M", bound=Message)
+
+
+def _strict(buf: bytes, tag: str, read: Callable[[_Reader], _M]) -> _M:
     """The general path: names the fault (short message, trailing bytes) with its offset."""
     reader = _Reader(buf, tag)
     msg = read(reader)
@@ -264,7 +267,7 @@ _COMMIT: Final = struct.Struct("!BQQq")  # flags, commit_lsn, end_lsn, commit_ti
 def _decode_begin(buf: bytes) -> Begin:
     """Begin, flat: one unpack. Every transaction has one, so it is on the hot path."""
     if len(buf) != 1 + _BEGIN.size:
-        return _strict(buf, "B", _read_begin)  # type: ignore[return-value]
+        return _strict(buf, "B", _read_begin)
     final, when, xid = _BEGIN.unpack_from(buf, 1)
     if not final:
         raise ProtocolError("final_lsn not set", offset=1, tag="B")
@@ -273,7 +276,7 @@ def _decode_begin(buf: bytes) -> Begin:
 
 def _decode_commit(buf: bytes) -> Commit:
     if len(buf) != 1 + _COMMIT.size:
-        return _strict(buf, "C", _read_commit)  # type: ignore[return-value]
+        return _strict(buf, "C", _read_commit)
     flags, commit, end, when = _COMMIT.unpack_from(buf, 1)
     if flags != 0:
         raise ProtocolError(f"unrecognized flags {flags}", offset=1, tag="C")
