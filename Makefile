@@ -20,6 +20,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check replicator tests bench scripts
 	$(VENV)/bin/ruff format --check replicator tests bench scripts
+	$(VENV)/bin/mypy replicator
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed

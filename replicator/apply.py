@@ -18,7 +18,7 @@ spelled by :mod:`replicator.sqlgen`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -27,7 +27,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
 from replicator import sqlgen
-from replicator.batching import UPDATE, Entry, TableBatch
+from replicator.batching import UPDATE, Entry, Key, Row, TableBatch
 from replicator.catalog import owned_sequences, truncate_facts
 from replicator.classify import Directive, classify
 from replicator.config import QualifiedName
@@ -36,6 +36,7 @@ from replicator.errors import describe_error
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan
 from replicator.protocol.messages import UNCHANGED_TOAST, Begin, Datum, pg_timestamp_to_datetime
+from replicator.query import fetch_one
 
 _log = structlog.get_logger("replicator")
 
@@ -88,7 +89,7 @@ class TargetSession:
                 "SELECT pg_catalog.pg_replication_origin_session_setup(%s)", [origin]
             )
             cur = await conn.execute("SELECT current_setting('track_commit_timestamp')::bool")
-            tracked = (await cur.fetchone())[0]  # type: ignore[index]
+            tracked = (await fetch_one(cur))[0]
         except BaseException:
             await conn.close()
             raise
@@ -288,7 +289,7 @@ class TargetSession:
         data = sqlgen.stage_lines(
             plan,
             tb.deleted.items(),
-            ((g, ((e.old_key, e.values, e.txn) for e in entries)) for g, (_, entries) in numbered),
+            ((g, _staged_updates(entries)) for g, (_, entries) in numbered),
             items,
         )
         log_inserts = sqlgen.log_insert_conflicts(plan, self.pipeline) if items else None
@@ -313,14 +314,14 @@ class TargetSession:
             self._dirty.add(plan.target.oid)
             deleted = updated = inserted = 0
             if tb.deleted:
-                missing, logged = await cur.fetchone()  # type: ignore[misc]
+                missing, logged = await fetch_one(cur)
                 counts.conflicts += logged
                 counts.delete_missing += missing
                 cur.nextset()
                 deleted = cur.rowcount
                 cur.nextset()
             for _ in numbered:
-                n, missing, logged = await cur.fetchone()  # type: ignore[misc]
+                n, missing, logged = await fetch_one(cur)
                 updated += n
                 counts.update_missing += missing
                 counts.conflicts += logged
@@ -366,7 +367,7 @@ class TargetSession:
     async def _flush_ordered(self, tb: TableBatch, counts: ApplyCounts) -> None:
         """Tables without a usable key: changes in source order, one matching row each."""
         plan = tb.plan
-        pending: list[list[Datum]] = []
+        pending: list[Sequence[Datum]] = []
         ins = upd = dele = 0
         for op in tb.ordered:
             if op.op == "I":
@@ -459,8 +460,20 @@ class DeadLetter:
     txn: Begin | None
 
 
+def _staged_updates(entries: Iterable[Entry]) -> Iterator[tuple[Key, Row, Begin | None]]:
+    """An update group's staging rows. An UPDATE entry always knows the key it finds its
+    row by (only INSERT entries have none)."""
+    for e in entries:
+        assert e.old_key is not None
+        yield e.old_key, e.values, e.txn
+
+
 def _text(v: Datum) -> str | None:
-    return None if v is None else v.decode()  # type: ignore[union-attr]
+    if v is None:
+        return None
+    if not isinstance(v, bytes):
+        raise TypeError(f"cannot write a {type(v).__name__} value as text")
+    return v.decode()
 
 
 @dataclass(slots=True)
@@ -478,7 +491,9 @@ def row_before(part: TableBatch) -> object:
     if not part.log:
         return id(part)  # a table without a key: each change stands alone
     _, old, new, _ = part.in_order()[0]
-    return part.plan.key_of(new if old is None else old)  # type: ignore[arg-type]
+    row = new if old is None else old
+    assert row is not None  # a change without its old row has its new one
+    return part.plan.key_of(row)
 
 
 def row_after(part: TableBatch) -> object:
@@ -486,7 +501,9 @@ def row_after(part: TableBatch) -> object:
     if not part.log:
         return id(part)
     op, old, new, _ = part.in_order()[-1]
-    return part.plan.key_of(old if op == "D" else new)  # type: ignore[arg-type]
+    row = old if op == "D" else new
+    assert row is not None  # a delete has its old row, any other change its new one
+    return part.plan.key_of(row)
 
 
 def absorb(parts: Sequence[TableBatch], refused: dict[object, Refused]) -> list[TableBatch]:
@@ -532,25 +549,29 @@ def dead_letter_of(part: TableBatch) -> DeadLetter:
         old_key = key_of(first_new if first_old is None else first_old)
         return DeadLetter("update", key, row, old_key, txn)
     if part.deleted:
-        ((key, txn),) = part.deleted.items()
+        ((deleted_key, deleted_txn),) = part.deleted.items()
         return DeadLetter(
-            "delete", dict(zip(keycols, map(_text, key), strict=True)), None, None, txn
+            "delete",
+            dict(zip(keycols, map(_text, deleted_key), strict=True)),
+            None,
+            None,
+            deleted_txn,
         )
     if part.rows:
         (entry,) = part.rows.values()
         row = row_of(entry.values)
         key = {c: row.get(c) for c in keycols}
         if entry.kind == UPDATE:
-            old = dict(zip(keycols, map(_text, entry.old_key or ()), strict=True))
-            return DeadLetter("update", key, row, old, entry.txn)
+            old_key = dict(zip(keycols, map(_text, entry.old_key or ()), strict=True))
+            return DeadLetter("update", key, row, old_key, entry.txn)
         return DeadLetter("insert", key, row, None, entry.txn)
-    (op,) = part.ordered
-    if op.op == "I":
-        assert op.new is not None
-        return DeadLetter("insert", {}, row_of(op.new), None, op.txn)
-    assert op.old is not None
-    old = row_of(op.old)
-    if op.op == "U":
-        assert op.new is not None
-        return DeadLetter("update", {}, row_of(op.new), old, op.txn)
-    return DeadLetter("delete", {}, None, old, op.txn)
+    (ordered,) = part.ordered
+    if ordered.op == "I":
+        assert ordered.new is not None
+        return DeadLetter("insert", {}, row_of(ordered.new), None, ordered.txn)
+    assert ordered.old is not None
+    old_row = row_of(ordered.old)
+    if ordered.op == "U":
+        assert ordered.new is not None
+        return DeadLetter("update", {}, row_of(ordered.new), old_row, ordered.txn)
+    return DeadLetter("delete", {}, None, old_row, ordered.txn)

@@ -129,14 +129,15 @@ class Assembler:
     def feed(self, msg: Message, lsn: Lsn, nbytes: int) -> WorkItem | None:
         """Consume one message received at ``lsn``; return a finished work item or None."""
         chunk = self._chunk
+        # the class in a local: the hot path reads it once, mypy does not narrow msg by it
         cls = msg.__class__
         if cls is Begin:  # the common framing first: one class test each
             if chunk is not None:
-                raise StreamStateError(f"Begin of xid {msg.xid} at {lsn} inside xid {chunk.xid}")  # type: ignore[union-attr]
-            self._chunk = TxnChunk(msg, None)  # type: ignore[arg-type]
+                raise StreamStateError(f"Begin of xid {msg.xid} at {lsn} inside xid {chunk.xid}")  # type: ignore[union-attr]  # cls is Begin
+            self._chunk = TxnChunk(msg, None)  # type: ignore[arg-type]  # cls is Begin
             return None
         if cls is Commit:
-            return self._commit(chunk, msg, lsn)  # type: ignore[arg-type]
+            return self._commit(chunk, msg, lsn)  # type: ignore[arg-type]  # cls is Commit
         match msg:
             case Insert() | Update() | Delete():
                 if chunk is None:

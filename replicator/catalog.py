@@ -12,7 +12,12 @@ from psycopg import AsyncConnection
 from replicator.config import QualifiedName
 from replicator.errors import SchemaError
 from replicator.mapping import ForeignKeyRef, TargetColumn, TargetTable, TruncateFacts
-from replicator.protocol.messages import REPLICA_IDENTITY_KEY_FLAG, Column, Relation
+from replicator.protocol.messages import (
+    REPLICA_IDENTITIES,
+    REPLICA_IDENTITY_KEY_FLAG,
+    Column,
+    Relation,
+)
 
 # Columns of one table with their base types (domains resolved, recursively), and
 # the char limit of varchar(n)/char(n) columns for mask fit checks.
@@ -116,7 +121,7 @@ async def read_target_table(conn: AsyncConnection, name: QualifiedName) -> Targe
     cur = await conn.execute(_COLUMNS_SQL, {"oid": oid})
     found = await cur.fetchall()
     cur = await conn.execute(_EQUALITY_SQL, {"types": list({r[4] for r in found})})
-    equality = dict(await cur.fetchall())
+    equality: dict[int, bool | None] = dict(await cur.fetchall())  # type oid -> comparable
     columns = {
         r[0]: TargetColumn(
             name=r[0],
@@ -186,7 +191,7 @@ async def read_source_relation(
     oid = found
     cur = await conn.execute(_SOURCE_SQL, {"oid": oid})
     rows = await cur.fetchall()
-    identity = rows[0][1] if rows else "d"
+    identity = REPLICA_IDENTITIES[rows[0][1]] if rows else "d"
     columns = tuple(
         Column(REPLICA_IDENTITY_KEY_FLAG if is_key else 0, attname, typid, typmod)
         for _, _, attname, typid, typmod, is_key in rows

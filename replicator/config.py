@@ -69,7 +69,7 @@ class Dsn:
         parts = conninfo_to_dict(self._value)
         if "password" in parts:
             parts["password"] = "********"  # noqa: S105 - the redaction marker
-        return make_conninfo(**{k: v for k, v in parts.items() if v is not None})
+        return make_conninfo("", **{k: v for k, v in parts.items() if v is not None})
 
     def with_options(self, **options: str) -> Dsn:
         return Dsn(make_conninfo(self._value, **options))
@@ -177,7 +177,7 @@ class Conflict:
         if isinstance(value, Conflict):
             return value
         if value in ("source_wins", "target_wins"):
-            return cls(value)  # type: ignore[arg-type]
+            return cls(value)
         if isinstance(value, str) and value.startswith("newer_wins:") and value[11:]:
             return cls("newer_wins", value[11:])
         raise PydanticCustomError(

@@ -25,7 +25,7 @@ def control_ddl() -> str:
 
 
 async def ensure_schema(conn: AsyncConnection) -> None:
-    await conn.execute(control_ddl())  # type: ignore[arg-type]
+    await conn.execute(control_ddl())
 
 
 # --- pipeline -------------------------------------------------------------------------

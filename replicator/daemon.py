@@ -19,7 +19,7 @@ import time
 import orjson
 import psycopg
 import structlog
-from tenacity import wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
 from replicator import notify
 from replicator.classify import Directive, classify, leaf, retry_reason
@@ -247,17 +247,13 @@ class RetryBackoff:
 
     def __init__(self, *, initial: float = 1.0, maximum: float = 60.0) -> None:
         self._wait = wait_exponential_jitter(initial=initial, max=maximum)
+        # the state tenacity's wait strategies are given; they read only attempt_number
+        self._state = RetryCallState(Retrying(), None, (), {})
         self.attempt = 0
 
     def after_failure(self, *, progressed: bool, ran_for: float) -> float:
         if progressed or ran_for > _HEALTHY_RUN_SECONDS:
             self.attempt = 0
         self.attempt += 1
-        return float(self._wait(_RetryState(self.attempt)))
-
-
-class _RetryState:
-    """The one attribute tenacity's wait strategies read."""
-
-    def __init__(self, attempt: int) -> None:
-        self.attempt_number = attempt
+        self._state.attempt_number = self.attempt
+        return float(self._wait(self._state))

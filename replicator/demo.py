@@ -308,7 +308,7 @@ class Demo:
             if not path.is_file():
                 raise DemoFailed(f"{path} not found: the demo runs from a source checkout")
             with psycopg.connect(self.dsns[db], autocommit=True) as conn:
-                conn.execute(sql_script(path.read_text()))  # type: ignore[arg-type] - ours
+                conn.execute(sql_script(path.read_text()))
         self.say("schemas: " + ", ".join(str(p.relative_to(REPO)) for p in SCHEMAS.values()))
 
     def _seed(self, volumes: Volumes) -> None:
@@ -448,9 +448,9 @@ class Demo:
                 f"/{opts.seconds:g}s"
             )
             time.sleep(POLL_SECONDS)
-        for w in [*self.writers, *self.heartbeats]:
-            if w.error is not None:
-                raise DemoFailed(f"writer failed: {w.error}")
+        for worker in self._workers():
+            if worker.error is not None:
+                raise DemoFailed(f"writer failed: {worker.error}")
         rows = sum(s.done for s in self.streams)
         txns = sum(s.transactions for s in self.streams)
         self.view.say(
@@ -535,13 +535,17 @@ class Demo:
     def say(self, message: str) -> None:
         self.view.say(message)
 
+    def _workers(self) -> list[Writer | Heartbeats]:
+        """The threads that write to the clusters: traffic writers, then heartbeats."""
+        return [*self.writers, *self.heartbeats]
+
     # -- cleanup -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop what we started, in order: writers, daemon (SIGTERM), clusters."""
         self.stop.set()
         self.heartbeats_off.set()
-        for w in [*self.writers, *self.heartbeats]:
+        for w in self._workers():
             if w.thread:
                 w.thread.join(5)
         self._stop_daemon(30)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import psycopg
-from rich.console import Console, Group
+from rich.console import Console, Group, JustifyMethod
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
@@ -161,11 +161,12 @@ def fmt_seconds(x: float | None) -> str:
 def fmt_bytes(n: int | None) -> str:
     if n is None:
         return "-"
+    size: float = n
     for unit in ("B", "kB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
 
 
 def fmt_rate(r: float | None) -> str:
@@ -194,7 +195,7 @@ def status_lines(pipelines: Sequence[PipelineView], rates: Rates) -> list[str]:
 
 def pipelines_table(pipelines: Sequence[PipelineView], rates: Rates) -> Table:
     table = Table(title="pipelines", title_justify="left", expand=False)
-    for col, just in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("pipeline", "left"),
         ("state", "left"),
         ("changes/s", "right"),
@@ -204,8 +205,9 @@ def pipelines_table(pipelines: Sequence[PipelineView], rates: Rates) -> Table:
         ("apply p50 / p99", "right"),
         ("dead letters", "right"),
         ("conflicts", "right"),
-    ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    )
+    for col, just in columns:
+        table.add_column(col, justify=just)
     for p in pipelines:
         state = Text(p.state, style="green" if p.state == "streaming" else "yellow")
         if p.error:
@@ -383,15 +385,16 @@ def verification_tables(verdict: Verdict, config: Config) -> list[Table]:
     """The verification table (per replicated table) and the delay table."""
     tables = Table(title="verification: tables", title_justify="left")
     # names and verdicts never wrap (scripts read these lines); the mask list may
-    for col, just, wrap in (
+    table_columns: tuple[tuple[str, JustifyMethod, bool], ...] = (
         ("pipeline", "left", False),
         ("source -> target", "left", False),
         ("source rows", "right", False),
         ("target rows", "right", False),
         ("rows", "left", False),
         ("masked columns", "left", True),
-    ):
-        tables.add_column(col, justify=just, no_wrap=not wrap)  # type: ignore[arg-type]
+    )
+    for col, just, wrap in table_columns:
+        tables.add_column(col, justify=just, no_wrap=not wrap)
     for t in verdict.tables:
         if t.equal:
             rows = Text("equal", style="green")
@@ -430,7 +433,7 @@ def verification_tables(verdict: Verdict, config: Config) -> list[Table]:
         title=f"verification: commit-to-apply delay (heartbeats; {judged})",
         title_justify="left",
     )
-    for col, just in (
+    delay_columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("pipeline", "left"),
         ("heartbeats", "right"),
         ("p50", "right"),
@@ -439,8 +442,9 @@ def verification_tables(verdict: Verdict, config: Config) -> list[Table]:
         ("dead letters", "right"),
         ("conflicts", "right"),
         ("result", "left"),
-    ):
-        delays.add_column(col, justify=just)  # type: ignore[arg-type]
+    )
+    for col, just in delay_columns:
+        delays.add_column(col, justify=just)
     health = {h.pipeline: h for h in verdict.health}
     for lat in verdict.latencies:
         h = health.get(lat.pipeline)

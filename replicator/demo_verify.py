@@ -244,7 +244,7 @@ def _rows_in(
 ) -> Rows:
     """Row level: key text -> (hash of the plain columns, then each masked column's
     text); only the rows of ``buckets`` unless it is None."""
-    where = sql.SQL("")
+    where: sql.Composable = sql.SQL("")
     if buckets is not None:
         where = sql.SQL(" WHERE ({} & 255) = ANY(%s)").format(_key_hash(_row_text(key)))
     query = sql.SQL("SELECT {kt}, {rh}{m} FROM {t}{w}").format(

@@ -117,7 +117,7 @@ async def _apply(conn: AsyncConnection, letter: Letter, table: TableConfig) -> i
     key_cols = list((letter.key or {}).keys())
     names = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
     values = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in cols)
-    conflict = sql.SQL("")
+    conflict: sql.Composable = sql.SQL("")
     if key_cols and frozenset(key_cols) in facts.unique_keys:
         others = [c for c in cols if c not in key_cols]
         keys = sql.SQL(", ").join(sql.Identifier(c) for c in key_cols)
@@ -212,5 +212,5 @@ async def discard(config: Config, pipe: PipelineConfig, ids: Sequence[int]) -> i
         if ids:
             query += " AND id = ANY(%s)"
             params.append(list(ids))
-        cur = await conn.execute(query, params)  # type: ignore[arg-type]
+        cur = await conn.execute(query, params)
         return cur.rowcount

@@ -195,7 +195,7 @@ class _Refuse(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: write() by duck typing
-        transport.write(_BUSY)  # type: ignore[attr-defined]
+        transport.write(_BUSY)  # type: ignore[attr-defined]  # duck typed, see above
         transport.close()
 
 
@@ -216,7 +216,7 @@ async def _only_get(request: web.Request, handler: Any) -> web.StreamResponse:
     # before routing, so a POST to an unknown path is 405 too, and no body is ever read
     if request.method not in ("GET", "HEAD"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-    return await handler(request)  # type: ignore[no-any-return]
+    return await handler(request)
 
 
 class HealthServer:

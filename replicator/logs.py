@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import orjson
@@ -45,7 +46,9 @@ def _exception_of(exc_info: Any) -> BaseException | None:
     return None
 
 
-def render_exception(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def render_exception(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """``exc_info`` -> ``exception``: a traceback without locals or value-bearing text."""
     exc = _exception_of(event_dict.pop("exc_info", None))
     if exc is not None:
@@ -77,17 +80,19 @@ def _safe_arg(arg: Any) -> Any:
     return _Withheld()
 
 
-def foreign_record(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def foreign_record(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """A stdlib record from a library: its template, numbers and described errors only."""
     record: logging.LogRecord | None = event_dict.get("_record")
     args = event_dict.pop("positional_args", None)
     template = event_dict.get("event")
     if isinstance(template, str) and args:
-        values = args if isinstance(args, tuple) else (args,)
+        values: tuple[Any, ...] | dict[str, Any]
         if isinstance(args, dict):  # logger.info("%(x)s", {"x": ...})
-            values = {k: _safe_arg(v) for k, v in args.items()}  # type: ignore[assignment]
+            values = {k: _safe_arg(v) for k, v in args.items()}
         else:
-            values = tuple(_safe_arg(v) for v in values)
+            values = tuple(_safe_arg(v) for v in (args if isinstance(args, tuple) else (args,)))
         try:
             event_dict["event"] = template % values
         except (TypeError, ValueError, KeyError):
@@ -150,4 +155,4 @@ def configure(
 
 
 def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger("replicator", **bound)  # type: ignore[no-any-return]
+    return structlog.get_logger("replicator", **bound)

@@ -127,7 +127,7 @@ class TablePlan:
         for pos, fn in self._masks:
             v = row[pos]
             if v.__class__ is bytes:
-                row[pos] = fn(v)  # type: ignore[arg-type]
+                row[pos] = fn(v)
         return row
 
     @property
@@ -144,7 +144,7 @@ class TablePlan:
         for pos, fn in self._masks:
             v = row[pos]
             if v.__class__ is bytes:
-                row[pos] = fn(v)  # type: ignore[arg-type]
+                row[pos] = fn(v)
             elif v.__class__ is BinaryDatum:
                 raise MaskingError(
                     f"{self.source}.{self.columns[pos]}: binary value cannot be masked"
@@ -161,7 +161,7 @@ def _picker(indexes: Sequence[int]) -> Callable[[Sequence[Datum]], tuple[Datum, 
     if len(indexes) == 1:
         i = indexes[0]
         return lambda row: (row[i],)
-    return itemgetter(*indexes)  # type: ignore[return-value]
+    return itemgetter(*indexes)
 
 
 def build_plan(
@@ -345,5 +345,5 @@ def _key_from_target(
     candidates.extend(tuple(sorted(k)) for k in target.unique_keys)
     for cand in candidates:
         if all(c in reverse for c in cand):
-            return [reverse[c] for c in cand]  # type: ignore[misc]
+            return [reverse[c] for c in cand]
     return []

@@ -282,7 +282,7 @@ def compile_mask(spec: MaskSpec, key: MaskingKey | bytes | None = None) -> MaskF
 def mask_datum(fn: MaskFn, value: Datum) -> Datum:
     """Apply ``fn`` to one tuple value: NULL and unchanged TOAST pass, binary fails closed."""
     if value.__class__ is bytes:
-        return fn(value)  # type: ignore[arg-type]  # narrowed by the class check above
+        return fn(value)
     if value is None or value is UNCHANGED_TOAST:
         return value
     if isinstance(value, BinaryDatum):

@@ -64,10 +64,10 @@ class Notifier:
         return self._sock is not None
 
     def send(self, *fields: str) -> bool:
-        if self._sock is None or not fields:
+        if self._sock is None or self.address is None or not fields:
             return False
         try:
-            self._sock.sendto("\n".join(fields).encode(), self.address)  # type: ignore[arg-type]
+            self._sock.sendto("\n".join(fields).encode(), self.address)
         except OSError as exc:
             # systemd gone or its queue full: the service manager will notice on its own
             self.log.warning("notify_failed", error=f"{type(exc).__name__}: {exc.strerror}")

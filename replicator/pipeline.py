@@ -608,7 +608,7 @@ class Pipeline:
         """Decode one raw change and fold it into its table's batch; a change of a table
         being resynced is kept aside for after its copy."""
         msg = self._decoder.decode(change)
-        rid = msg.relation_id  # type: ignore[union-attr]
+        rid = msg.relation_id  # type: ignore[union-attr]  # a change: Insert, Update or Delete
         plan = plans.get(rid)
         if plan is None:
             if chunk is not None and rid in self._syncs:
@@ -616,16 +616,16 @@ class Pipeline:
             return
         tb = self._tables[rid]
         if msg.__class__ is Insert:
-            tb.insert(plan.project(msg.new_tuple))  # type: ignore[union-attr]
+            tb.insert(plan.project(msg.new_tuple))
         elif msg.__class__ is Update:
-            old = msg.old_tuple  # type: ignore[union-attr]
+            old = msg.old_tuple
             old_row = plan.project(old) if old is not None else None
-            new_row = plan.project(msg.new_tuple)  # type: ignore[union-attr]
+            new_row = plan.project(msg.new_tuple)
             if not tb.update(old_row, new_row):
                 await self._apply_moved_key(target, tb, old_row, new_row)
         else:
             assert msg.__class__ is Delete
-            tb.delete(plan.project(msg.old_tuple))  # type: ignore[union-attr]
+            tb.delete(plan.project(msg.old_tuple))
 
     async def _pause(self, target: TargetSession) -> None:
         """A DBA paused us: finish the batch at hand, then apply and confirm nothing more
@@ -658,23 +658,22 @@ class Pipeline:
         for item in chunk.items:
             if item.__class__ is bytes:
                 if item[0] == 0x49:  # Insert: the flat fast path, inline
-                    relid, new = decode_insert(item)  # type: ignore[arg-type]
+                    relid, new = decode_insert(item)
                     plan = plans[relid]
                     if plan is not None:
                         tables[relid].insert(plan.project(new))
                     elif relid in syncs:
-                        syncs[relid].hold_or_drop(chunk.begin, item)  # type: ignore[arg-type]
+                        syncs[relid].hold_or_drop(chunk.begin, item)
                     continue
-                await self._fold_change(target, plans, item, chunk)  # type: ignore[arg-type]
+                await self._fold_change(target, plans, item, chunk)
                 continue
-            cls = item.__class__
-            if cls is Relation:
-                await self._on_relation(target, item)  # type: ignore[arg-type]
+            if item.__class__ is Relation:
+                await self._on_relation(target, item)
                 plans = self._effective_plans(chunk)  # the relation may carry a skip
-            elif cls is Truncate:
-                await self._on_truncate(target, item)  # type: ignore[arg-type]
+            elif item.__class__ is Truncate:
+                await self._on_truncate(target, item)
             else:
-                assert cls is LogicalMessage
+                assert item.__class__ is LogicalMessage
         self._batch_changes += len(chunk.items)
         self.stats.changes += len(chunk.items)
         self._batch_bytes += chunk.nbytes

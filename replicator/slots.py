@@ -17,6 +17,7 @@ from replicator import control
 from replicator.config import Config, PipelineConfig, QualifiedName
 from replicator.errors import SchemaError
 from replicator.lsn import Lsn
+from replicator.query import fetch_one
 from replicator.sqlgen import table_ident
 
 
@@ -93,14 +94,14 @@ async def ensure_slot(conn: AsyncConnection, db: str, pipe: PipelineConfig) -> S
     cur = await conn.execute(
         "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot(%s, 'pgoutput')", [name]
     )
-    (lsn,) = await cur.fetchone()  # type: ignore[misc]
+    (lsn,) = await fetch_one(cur)
     return SetupAction(db, "slot", name, "created", f"consistent at {Lsn(str(lsn))}")
 
 
 async def ensure_origin(conn: AsyncConnection, db: str, pipe: PipelineConfig) -> SetupAction:
     name = pipe.origin_name
     cur = await conn.execute("SELECT pg_catalog.pg_replication_origin_oid(%s)", [name])
-    (oid,) = await cur.fetchone()  # type: ignore[misc]
+    (oid,) = await fetch_one(cur)
     if oid is not None:
         return SetupAction(db, "origin", name, "exists")
     await conn.execute("SELECT pg_catalog.pg_replication_origin_create(%s)", [name])

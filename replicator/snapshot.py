@@ -37,7 +37,8 @@ from replicator.connect import connect_source
 from replicator.errors import SchemaError
 from replicator.lsn import Lsn
 from replicator.mapping import TablePlan
-from replicator.protocol.messages import Begin, datetime_to_pg_timestamp
+from replicator.protocol.messages import Begin, Datum, datetime_to_pg_timestamp
+from replicator.query import fetch_one
 from replicator.sqlgen import copy_value
 from replicator.stats import TableProgress
 from replicator.stream import wait_fd
@@ -111,7 +112,7 @@ async def plan_table_ranges(
                 sqlgen.table_ident(plan.source)
             )
         )
-        reltuples = (await cur.fetchone())[0]  # type: ignore[index]
+        reltuples = (await fetch_one(cur))[0]
     return block_ranges(plan.source, reltuples, blocks, rows_per_range)
 
 
@@ -332,22 +333,28 @@ class CopyWorker:
             counted[1] += b
             on_rows(n, b)
 
-        args = {
-            "record": record,
-            "snapshot": snapshot,
-            "snapshot_lsn": snapshot_lsn,
-            "pipeline": pipeline,
-            "truncate_first": truncate_first,
-            "partitioned": partitioned,
-            "snapshot_time": snapshot_time,
-        }
+        async def attempt(merge: bool, progress: Callable[[int, int], None]) -> tuple[int, int]:
+            return await self._attempt(
+                plan,
+                rng,
+                merge=merge,
+                on_rows=progress,
+                record=record,
+                snapshot=snapshot,
+                snapshot_lsn=snapshot_lsn,
+                pipeline=pipeline,
+                truncate_first=truncate_first,
+                partitioned=partitioned,
+                snapshot_time=snapshot_time,
+            )
+
         try:
-            return await self._attempt(plan, rng, merge=merge, on_rows=track, **args)
+            return await attempt(merge, track)
         except psycopg.Error as exc:
             if merge or classify(exc) is not Directive.DEAD_LETTER:
                 raise
         on_rows(-counted[0], -counted[1])  # that attempt rolled back
-        return await self._attempt(plan, rng, merge=True, on_rows=on_rows, **args)
+        return await attempt(True, on_rows)
 
     async def _attempt(
         self,
@@ -378,7 +385,7 @@ class CopyWorker:
             cur = await src.execute(
                 "SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text"
             )
-            xmin = int((await cur.fetchone())[0])  # type: ignore[index]
+            xmin = int((await fetch_one(cur))[0])
             await target.begin()
             if truncate_first:
                 await target.truncate([plan.target.name], restart_identity=False)
@@ -472,7 +479,7 @@ class CopyWorker:
                 chunk, _ = item
                 nbytes += len(chunk)
                 for line in chunk[:-1].split(b"\n"):
-                    fields: list[bytes | None] = [
+                    fields: list[Datum] = [
                         None if f == b"\\N" else unescape_copy_value(f) for f in line.split(b"\t")
                     ]
                     tb.insert(plan.mask_row(fields))

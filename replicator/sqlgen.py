@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any, Final
+from typing import Final
 
 from psycopg import sql
 
 from replicator.config import QualifiedName
 from replicator.mapping import TablePlan
-from replicator.protocol.messages import UNCHANGED_TOAST, Datum
+from replicator.protocol.messages import UNCHANGED_TOAST, Begin, Datum
 
 # --- COPY text format ---------------------------------------------------------------
 
@@ -47,9 +47,9 @@ def copy_value(v: Datum) -> bytes:
         return NULL
     if v.__class__ is not bytes:
         raise TypeError(f"cannot COPY a {type(v).__name__} value")
-    if _SPECIAL.search(v) is None:  # type: ignore[arg-type]
-        return v  # type: ignore[return-value]
-    return _SPECIAL.sub(_escape_match, v)  # type: ignore[arg-type]
+    if _SPECIAL.search(v) is None:
+        return v
+    return _SPECIAL.sub(_escape_match, v)
 
 
 def copy_line(values: Iterable[Datum]) -> bytes:
@@ -71,7 +71,7 @@ def copy_rows(rows: Iterable[Sequence[Datum]]) -> bytes:
     needs_escape = _NEEDS_ESCAPE
     for r in rows:
         try:
-            line = join(r)  # type: ignore[arg-type]
+            line = join(r)  # type: ignore[arg-type]  # a None or marker raises TypeError
         except TypeError:
             append(copy_line(r))
             continue
@@ -131,7 +131,7 @@ def _stage_time(alias: str) -> sql.Composable:
 
 
 def create_stage(plan: TablePlan) -> sql.Composed:
-    cols = [
+    cols: list[sql.Composable] = [
         sql.SQL('"_op" "char"'),
         sql.SQL('"_g" int4'),
         sql.SQL('"_lsn" pg_lsn'),
@@ -151,7 +151,7 @@ def copy_into_stage(plan: TablePlan) -> sql.Composed:
     return sql.SQL("COPY {} FROM STDIN").format(stage_name(plan))
 
 
-TxnInfo = Any  # a Begin message (final_lsn, commit_time) or None
+TxnInfo = Begin | None  # the source transaction a staged row comes from
 
 
 def stage_lines(
@@ -250,7 +250,7 @@ def update_from_stage(
         for i, col in enumerate(plan.columns)
         if i not in skipped
     ]
-    newer = sql.SQL("")
+    newer: sql.Composable = sql.SQL("")
     if plan.conflict.rule == "newer_wins" and plan.conflict.column is not None:
         col = sql.Identifier(plan.conflict.column)
         staged = _c(plan.columns.index(plan.conflict.column))
@@ -426,6 +426,7 @@ def log_insert_conflicts(plan: TablePlan, pipeline: str) -> sql.Composed | None:
     if not plan.conflict_index:
         return None
     rule = plan.conflict.rule
+    winner: sql.Composable
     if rule == "source_wins":
         winner = sql.SQL("'source'")
     elif rule == "target_wins" and plan.commit_timestamps:
@@ -546,7 +547,9 @@ def restart_sequence(seq: QualifiedName) -> sql.Composed:
 def _text_literal(v: Datum) -> sql.Composable:
     if v is None:
         return sql.NULL
-    return sql.Literal(v.decode())  # type: ignore[union-attr]
+    if not isinstance(v, bytes):
+        raise TypeError(f"cannot write a {type(v).__name__} value as a literal")
+    return sql.Literal(v.decode())
 
 
 def _typed(plan: TablePlan, i: int, v: Datum) -> sql.Composable:

@@ -28,6 +28,7 @@ from replicator.config import Config, PipelineConfig, QualifiedName
 from replicator.errors import describe_error
 from replicator.lsn import Lsn
 from replicator.preflight.checks import connect
+from replicator.query import fetch_one
 
 # An idle pipeline records progress only every so many bytes (pipeline.IDLE_RECORD_BYTES):
 # a lag below this with no walsender sample is "caught up".
@@ -135,7 +136,7 @@ async def _read_source(conn: AsyncConnection, pipe: PipelineConfig, st: Pipeline
         " ELSE pg_current_wal_lsn() END::text,"
         " current_setting('track_commit_timestamp')::bool"
     )
-    lsn, track = await cur.fetchone()  # type: ignore[misc]
+    lsn, track = await fetch_one(cur)
     st.source_lsn = lsn
     if track:
         cur = await conn.execute("SELECT timestamp FROM pg_last_committed_xact()")
@@ -183,11 +184,11 @@ async def _read_target(conn: AsyncConnection, pipe: PipelineConfig, st: Pipeline
             " THEN pg_replication_origin_progress(%(o)s, false)::text END",
             {"o": pipe.origin_name},
         )
-        st.applied_lsn = (await cur.fetchone())[0]  # type: ignore[index]
+        st.applied_lsn = (await fetch_one(cur))[0]
     except psycopg.errors.InsufficientPrivilege as exc:
         st.problems.append(f"target {pipe.to}: origin progress: {describe_error(exc)}")
     cur = await conn.execute("SELECT to_regclass('replicator.pipelines') IS NOT NULL")
-    if not (await cur.fetchone())[0]:  # type: ignore[index]
+    if not (await fetch_one(cur))[0]:
         st.notes.append(
             f"target {pipe.to}: no control schema `replicator` yet (`replicator setup` creates it)"
         )
@@ -219,7 +220,7 @@ async def _read_target(conn: AsyncConnection, pipe: PipelineConfig, st: Pipeline
         " (SELECT count(*) FROM replicator.conflicts WHERE pipeline = %(p)s)",
         {"p": pipe.name},
     )
-    st.dead_letters, st.conflicts = await cur.fetchone()  # type: ignore[misc]
+    st.dead_letters, st.conflicts = await fetch_one(cur)
 
 
 async def _read_renames(
@@ -228,7 +229,7 @@ async def _read_renames(
     """Configured tables that go by another name on the source now: the daemon follows
     them by the OID it recorded, and the config should be updated."""
     cur = await dst.execute("SELECT to_regclass('replicator.tables') IS NOT NULL")
-    if not (await cur.fetchone())[0]:  # type: ignore[index]
+    if not (await fetch_one(cur))[0]:
         return
     # to_jsonb: relation_id is missing where control.sql is older
     cur = await dst.execute(

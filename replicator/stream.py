@@ -118,6 +118,7 @@ class ReplicationConnection:
     async def identify_system(self) -> tuple[str, int, Lsn, str | None]:
         ((sysid, timeline, xlogpos, dbname),) = await self.execute(sql.SQL("IDENTIFY_SYSTEM"))
         assert sysid
+        assert timeline
         assert xlogpos
         return sysid, int(timeline), Lsn(xlogpos), dbname
 

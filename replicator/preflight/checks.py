@@ -52,6 +52,7 @@ from replicator.preflight.rules import (
     wal_level_finding,
     wal_sender_findings,
 )
+from replicator.query import fetch_one
 
 # Functions the apply session, setup, copy workers, dead-letter retries and status call.
 ORIGIN_FUNCTIONS: Final = (
@@ -236,14 +237,14 @@ class Preflight:
             " (SELECT count(*) FROM pg_catalog.pg_replication_slots),"
             " (SELECT count(*) FROM pg_catalog.pg_stat_replication)"
         )
-        wal_level, max_slots, max_senders, keep, used, senders = await cur.fetchone()  # type: ignore[misc]
+        wal_level, max_slots, max_senders, keep, used, senders = await fetch_one(cur)
         r.add(wal_level_finding(d.name, wal_level))
         cur = await d.conn.execute(
             "SELECT slot_name, active FROM pg_catalog.pg_replication_slots"
             " WHERE slot_name = ANY(%s)",
             [[p.slot_name for p in pipes]],
         )
-        slots = dict(await cur.fetchall())
+        slots: dict[str, bool] = dict(await cur.fetchall())  # slot name -> active
         missing = sum(1 for p in pipes if p.slot_name not in slots)
         idle = sum(1 for p in pipes if not slots.get(p.slot_name))
         r.extend(
@@ -282,7 +283,7 @@ class Preflight:
         if all(p.from_ != d.name for p in self.config.pipelines):  # else: as a source
             r.extend(role_findings(d.name, "target", d.reach()))
         cur = await conn.execute("SELECT has_database_privilege(current_database(), 'TEMP')")
-        if not (await cur.fetchone())[0]:  # type: ignore[index]
+        if not (await fetch_one(cur))[0]:
             r.add(
                 Finding(
                     "error",
@@ -298,7 +299,7 @@ class Preflight:
             cur = await conn.execute(
                 "SELECT has_parameter_privilege('session_replication_role', 'SET')"
             )
-            can_set = bool((await cur.fetchone())[0])  # type: ignore[index]
+            can_set = bool((await fetch_one(cur))[0])
         else:
             can_set = d.superuser
         if not can_set:
@@ -320,7 +321,7 @@ class Preflight:
             " GROUP BY p.proname",
             [list(ORIGIN_FUNCTIONS)],
         )
-        allowed = dict(await cur.fetchall())
+        allowed: dict[str, bool] = dict(await cur.fetchall())  # function -> executable
         denied = [f for f in ORIGIN_FUNCTIONS if not allowed.get(f)]
         if denied:
             r.add(
@@ -346,7 +347,7 @@ class Preflight:
         try:
             async with d.conn.transaction(force_rollback=True):
                 await d.conn.execute("SET LOCAL lock_timeout = '3s'")
-                await d.conn.execute(control.control_ddl())  # type: ignore[arg-type]
+                await d.conn.execute(control.control_ddl())
         except psycopg.errors.LockNotAvailable:
             r.add(
                 Finding(
@@ -476,7 +477,7 @@ class Preflight:
         )
         owns_all = all(own for _, _, own in await cur2.fetchall())
         cur2 = await src.conn.execute("SELECT has_database_privilege(current_database(), 'CREATE')")
-        can_create = src.superuser or (bool((await cur2.fetchone())[0]) and owns_all)  # type: ignore[index]
+        can_create = src.superuser or (bool((await fetch_one(cur2))[0]) and owns_all)
         dba_fix = (
             f"as a superuser: psql -d {src.dbname} -v publication={name} -v tables='"
             + ", ".join(str(t) for t in sorted(wanted))
@@ -554,7 +555,7 @@ class Preflight:
             )
         except psycopg.errors.InsufficientPrivilege:
             return  # reported with the origin functions
-        if (await cur.fetchone())[0] is None:  # type: ignore[index]
+        if (await fetch_one(cur))[0] is None:
             self.report.add(
                 Finding(
                     "info",
@@ -572,7 +573,7 @@ class Preflight:
                 cur = await dst.conn.execute(
                     "SELECT to_regclass('replicator.pipelines') IS NOT NULL"
                 )
-                if not (await cur.fetchone())[0]:  # type: ignore[index]
+                if not (await fetch_one(cur))[0]:
                     return False
                 cur = await dst.conn.execute(
                     "SELECT 1 FROM replicator.pipelines WHERE pipeline = %s", [pipe.name]
@@ -589,7 +590,7 @@ class Preflight:
         try:
             async with dst.conn.transaction(force_rollback=True):
                 cur = await dst.conn.execute("SELECT to_regclass('replicator.tables') IS NOT NULL")
-                if not (await cur.fetchone())[0]:  # type: ignore[index]
+                if not (await fetch_one(cur))[0]:
                     return None
                 oid = (await control.read_relation_ids(dst.conn, pipe.name)).get(table.source)
         except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedColumn):
@@ -750,7 +751,7 @@ class Preflight:
             " FROM pg_catalog.pg_class c WHERE c.oid = %s",
             [oid],
         )
-        usage, select, rls, relkind, owner = await cur.fetchone()  # type: ignore[misc]
+        usage, select, rls, relkind, owner = await fetch_one(cur)
         obj = f"{pipe.from_}:{table.source}"
         if not (usage and select):
             what = "USAGE on its schema" if not usage else "SELECT"
@@ -805,7 +806,7 @@ class Preflight:
             ).format(sql.SQL(checks)),
             [oid],
         )
-        usage, rls, owner, *privs = await cur.fetchone()  # type: ignore[misc]
+        usage, rls, owner, *privs = await fetch_one(cur)
         obj = f"{pipe.to}:{table.target_name}"
         missing = [p for p, ok in zip(TARGET_TABLE_PRIVILEGES, privs, strict=True) if not ok]
         if not usage:

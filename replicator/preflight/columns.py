@@ -17,6 +17,7 @@ from psycopg import AsyncConnection, sql
 from replicator.config import TableConfig
 from replicator.masking import MaskSpec
 from replicator.preflight.findings import Finding, Severity, show_ident
+from replicator.query import fetch_one
 
 # --- pure rules: column types ------------------------------------------------------------
 
@@ -392,6 +393,6 @@ async def cast_contexts(
             "   WHERE c.castsource = to_regtype(%(s)s) AND c.casttarget = to_regtype(%(d)s))",
             {"s": src_t, "d": dst_t},
         )
-        absent, context = await cur.fetchone()  # type: ignore[misc]
+        absent, context = await fetch_one(cur)
         out[(col.qualified_type, tcol.qualified_type)] = "missing" if absent else context
     return out

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from replicator.errors import ProtocolError
 from replicator.lsn import Lsn
 from replicator.protocol.messages import (
+    OLD_TUPLE_KINDS,
+    REPLICA_IDENTITIES,
     UNCHANGED_TOAST,
     Begin,
     BeginPrepare,
@@ -58,8 +60,6 @@ _KIND_NULL: Final = ord("n")
 _KIND_UNCHANGED: Final = ord("u")
 _KIND_BINARY: Final = ord("b")
 
-_REPLICA_IDENTITIES: Final = frozenset("dnfi")
-
 
 class _Reader:
     """Bounds-checked cursor over one message."""
@@ -89,16 +89,20 @@ class _Reader:
         return chr(self.buf[self._need(1, what)])
 
     def i16(self, what: str) -> int:
-        return _I16.unpack_from(self.buf, self._need(2, what))[0]
+        value: int = _I16.unpack_from(self.buf, self._need(2, what))[0]
+        return value
 
     def u32(self, what: str) -> int:
-        return _U32.unpack_from(self.buf, self._need(4, what))[0]
+        value: int = _U32.unpack_from(self.buf, self._need(4, what))[0]
+        return value
 
     def i32(self, what: str) -> int:
-        return _I32.unpack_from(self.buf, self._need(4, what))[0]
+        value: int = _I32.unpack_from(self.buf, self._need(4, what))[0]
+        return value
 
     def i64(self, what: str) -> int:
-        return _I64.unpack_from(self.buf, self._need(8, what))[0]
+        value: int = _I64.unpack_from(self.buf, self._need(8, what))[0]
+        return value
 
     def lsn(self, what: str) -> Lsn:
         return Lsn.from_wire(_U64.unpack_from(self.buf, self._need(8, what))[0])
@@ -245,7 +249,10 @@ def _read_commit(r: _Reader) -> Commit:
     return Commit(flags, r.lsn("commit_lsn"), r.lsn("end_lsn"), r.i64("commit_time"))
 
 
-def _strict(buf: bytes, tag: str, read: Callable[[_Reader], Message]) -> Message:
+_M = TypeVar("_M", bound=Message)
+
+
+def _strict(buf: bytes, tag: str, read: Callable[[_Reader], _M]) -> _M:
     """The general path: names the fault (short message, trailing bytes) with its offset."""
     reader = _Reader(buf, tag)
     msg = read(reader)
@@ -260,7 +267,7 @@ _COMMIT: Final = struct.Struct("!BQQq")  # flags, commit_lsn, end_lsn, commit_ti
 def _decode_begin(buf: bytes) -> Begin:
     """Begin, flat: one unpack. Every transaction has one, so it is on the hot path."""
     if len(buf) != 1 + _BEGIN.size:
-        return _strict(buf, "B", _read_begin)  # type: ignore[return-value]
+        return _strict(buf, "B", _read_begin)
     final, when, xid = _BEGIN.unpack_from(buf, 1)
     if not final:
         raise ProtocolError("final_lsn not set", offset=1, tag="B")
@@ -269,7 +276,7 @@ def _decode_begin(buf: bytes) -> Begin:
 
 def _decode_commit(buf: bytes) -> Commit:
     if len(buf) != 1 + _COMMIT.size:
-        return _strict(buf, "C", _read_commit)  # type: ignore[return-value]
+        return _strict(buf, "C", _read_commit)
     flags, commit, end, when = _COMMIT.unpack_from(buf, 1)
     if flags != 0:
         raise ProtocolError(f"unrecognized flags {flags}", offset=1, tag="C")
@@ -353,13 +360,13 @@ class PgOutputDecoder:
             return _decode_begin(buf)
         if tag == 0x43:
             return _decode_commit(buf)
-        handler = self._handlers.get(buf[0])
-        tag = chr(buf[0])
+        handler = self._handlers.get(tag)
+        name = chr(tag)
         if handler is None:
             raise ProtocolError(
-                f"unknown message tag {tag!r} for proto_version {self.proto_version}", offset=0
+                f"unknown message tag {name!r} for proto_version {self.proto_version}", offset=0
             )
-        reader = _Reader(buf, tag)
+        reader = _Reader(buf, name)
         msg = handler(reader)
         reader.done()
         return msg
@@ -391,9 +398,10 @@ class PgOutputDecoder:
         namespace = r.cstring("namespace")
         name = r.cstring("relation_name")
         at = r.pos
-        identity = r.char("replica_identity")
-        if identity not in _REPLICA_IDENTITIES:
-            raise r.fail(f"unknown replica identity {identity!r}", at)
+        byte = r.char("replica_identity")
+        identity = REPLICA_IDENTITIES.get(byte)
+        if identity is None:
+            raise r.fail(f"unknown replica identity {byte!r}", at)
         ncols = r.i16("column count")
         if ncols < 0:
             raise r.fail(f"negative column count {ncols}", r.pos - 2)
@@ -411,7 +419,7 @@ class PgOutputDecoder:
                     r.i32(f"column {i} typmod"),
                 )
             )
-        return Relation(xid, relation_id, namespace, name, identity, tuple(columns))  # type: ignore[arg-type]
+        return Relation(xid, relation_id, namespace, name, identity, tuple(columns))
 
     def _type(self, r: _Reader) -> Type:
         xid = self._stream_xid(r)
@@ -432,25 +440,25 @@ class PgOutputDecoder:
         relation_id = r.u32("relation_id")
         at = r.pos
         marker = r.char("tuple marker")
-        old_kind = None
+        old_kind = OLD_TUPLE_KINDS.get(marker)
         old_tuple = None
-        if marker in ("K", "O"):
-            old_kind = marker
+        if old_kind is not None:
             old_tuple = r.tuple_data("old tuple")
             at = r.pos
             marker = r.char("tuple marker")
         if marker != "N":
             raise r.fail(f"expected tuple marker 'N', 'K' or 'O', got {marker!r}", at)
-        return Update(xid, relation_id, old_kind, old_tuple, r.tuple_data("new tuple"))  # type: ignore[arg-type]
+        return Update(xid, relation_id, old_kind, old_tuple, r.tuple_data("new tuple"))
 
     def _delete(self, r: _Reader) -> Delete:
         xid = self._stream_xid(r)
         relation_id = r.u32("relation_id")
         at = r.pos
         marker = r.char("tuple marker")
-        if marker not in ("K", "O"):
+        old_kind = OLD_TUPLE_KINDS.get(marker)
+        if old_kind is None:
             raise r.fail(f"expected tuple marker 'K' or 'O', got {marker!r}", at)
-        return Delete(xid, relation_id, marker, r.tuple_data("old tuple"))  # type: ignore[arg-type]
+        return Delete(xid, relation_id, old_kind, r.tuple_data("old tuple"))
 
     def _truncate(self, r: _Reader) -> Truncate:
         xid = self._stream_xid(r)

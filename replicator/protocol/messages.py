@@ -103,6 +103,8 @@ class Column:
 
 
 ReplicaIdentity = Literal["d", "n", "f", "i"]
+# the byte as sent (or pg_class.relreplident) -> its typed value; absent: not an identity
+REPLICA_IDENTITIES: Final[dict[str, ReplicaIdentity]] = {"d": "d", "n": "n", "f": "f", "i": "i"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,8 @@ class Type:
 # --- changes ---------------------------------------------------------------------------
 
 OldTupleKind = Literal["K", "O"]
+# a tuple marker -> the old tuple kind it announces; absent: no old tuple ("N" or invalid)
+OLD_TUPLE_KINDS: Final[dict[str, OldTupleKind]] = {"K": "K", "O": "O"}
 
 
 @dataclass(frozen=True, slots=True)
