@@ -121,6 +121,8 @@ class Pipeline:
         self._since_yield = 0
         self._last_data_at = time.monotonic()  # any frame from the source (liveness)
         self._syncs: dict[int, TableSync] = {}  # tables being resynced, by relation id
+        # published relations the config does not name, not yet warned about (by id)
+        self._unconfigured: dict[int, str] = {}
         self._plans_by_name: dict[QualifiedName, TablePlan] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._unpaused = asyncio.Event()  # cleared while a DBA pauses the pipeline
@@ -254,6 +256,7 @@ class Pipeline:
         self._tables.clear()
         self._skip.clear()
         self._syncs.clear()
+        self._unconfigured.clear()
         self._reset_batch()
         self._unrecorded = INVALID_LSN
 
@@ -613,6 +616,8 @@ class Pipeline:
         if plan is None:
             if chunk is not None and rid in self._syncs:
                 self._syncs[rid].hold_or_drop(chunk.begin, change)
+            elif rid in self._unconfigured:
+                self._warn_unconfigured(rid)
             return
         tb = self._tables[rid]
         if msg.__class__ is Insert:
@@ -664,6 +669,8 @@ class Pipeline:
                         tables[relid].insert(plan.project(new))
                     elif relid in syncs:
                         syncs[relid].hold_or_drop(chunk.begin, item)
+                    elif relid in self._unconfigured:
+                        self._warn_unconfigured(relid)
                     continue
                 await self._fold_change(target, plans, item, chunk)
                 continue
@@ -718,7 +725,9 @@ class Pipeline:
         else:
             table = self.pipe.table_for(rel.namespace or "pg_catalog", rel.relation_name)
         if table is None:
-            self.log.warning("relation_not_configured", relation=rel.qualified_name)
+            # pgoutput also describes a leaf partition whose changes it sends under the
+            # root: only a change of this relation says the config is missing something
+            self._unconfigured[rid] = rel.qualified_name
             self._plans[rid] = None
             self._tables.pop(rid, None)
             return
@@ -774,6 +783,11 @@ class Pipeline:
                 fix="followed by its OID; update the config's `source`",
             )
         return table
+
+    def _warn_unconfigured(self, rid: int) -> None:
+        """The first change of a published table the config does not name, once per
+        session: its changes are not applied."""
+        self.log.warning("relation_not_configured", relation=self._unconfigured.pop(rid))
 
     async def _on_truncate(self, target: TargetSession, msg: Truncate) -> None:
         await self._settle()
