@@ -42,9 +42,6 @@ FAULTS: tuple[str, ...] = (
     "cut_target",
 )
 
-# What known bugs (issue 11, fixes under way on other branches) break on today's code: the
-# short run in `make test` leaves these out of its must-pass episodes and runs them in an
-# expected-to-fail one; drop an entry when its fix lands.
 # batch settings drawn per episode (see replicator/config.py BatchConfig for the limits)
 MAX_CHANGES = (1, 2, 3, 7, 20, 100, 1000, 50_000)
 MAX_DELAY_MS = (1, 5, 20, 50, 200, 500)
