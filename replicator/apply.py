@@ -101,9 +101,19 @@ class TargetSession:
         await self.conn.close()
 
     async def progress(self) -> Lsn:
-        """Where this pipeline's committed progress stands (0/0 if it never applied)."""
+        """Where this pipeline's committed progress stands (0/0 if it never applied).
+
+        The truth is ``replicator.pipelines.applied_lsn``, written by :meth:`commit` in the
+        same transaction as the data. Origin progress cannot be trusted for this: from
+        PostgreSQL 16 an *abort* record carries the LSN that
+        ``pg_replication_origin_xact_setup`` set, so a transaction that fails between it and
+        its commit record (a backend terminated by a fast shutdown, a cancel, a deferred
+        constraint) moves the origin past data it never stored. Origin progress serves
+        only a pipeline that has not committed since the column was added."""
         cur = await self.conn.execute(
-            "SELECT pg_catalog.pg_replication_origin_session_progress(true)"
+            "SELECT coalesce((SELECT applied_lsn FROM replicator.pipelines"
+            " WHERE pipeline = %s), pg_catalog.pg_replication_origin_session_progress(true))",
+            [self.pipeline],
         )
         row = await cur.fetchone()
         return Lsn(str(row[0])) if row and row[0] is not None else INVALID_LSN
@@ -116,13 +126,14 @@ class TargetSession:
             self.in_transaction = True
 
     async def commit(self, end_lsn: Lsn, commit_time: int) -> None:
-        """Record ``end_lsn`` as this origin's progress and commit, in one round trip."""
+        """Record ``end_lsn`` as progress (:meth:`progress`) and as this origin's, with the
+        source's commit time, and commit: one round trip."""
         assert self.in_transaction
         when = pg_timestamp_to_datetime(commit_time)
         await self.conn.execute(
-            sql.SQL("SELECT pg_catalog.pg_replication_origin_xact_setup({}, {}); COMMIT").format(
-                sql.Literal(str(end_lsn)), sql.Literal(when)
-            )
+            sql.SQL(
+                "{}; SELECT pg_catalog.pg_replication_origin_xact_setup({}, {}); COMMIT"
+            ).format(self._record_applied(end_lsn), sql.Literal(str(end_lsn)), sql.Literal(when))
         )
         self.in_transaction = False
         self._dirty.clear()  # ON COMMIT DELETE ROWS emptied every stage
@@ -140,10 +151,19 @@ class TargetSession:
         assert not self.in_transaction
         await self.conn.execute(
             sql.SQL(
-                "BEGIN; SELECT pg_catalog.pg_current_xact_id();"
+                "BEGIN; SELECT pg_catalog.pg_current_xact_id(); {};"
                 " SELECT pg_catalog.pg_replication_origin_xact_setup({}, {}); COMMIT"
-            ).format(sql.Literal(str(lsn)), sql.Literal(dt.datetime.now(dt.UTC)))
+            ).format(
+                self._record_applied(lsn),
+                sql.Literal(str(lsn)),
+                sql.Literal(dt.datetime.now(dt.UTC)),
+            )
         )
+
+    def _record_applied(self, lsn: Lsn) -> sql.Composed:
+        return sql.SQL(
+            "UPDATE replicator.pipelines SET applied_lsn = {} WHERE pipeline = {}"
+        ).format(sql.Literal(str(lsn)), sql.Literal(self.pipeline))
 
     # -- applying --------------------------------------------------------------------
 

@@ -49,6 +49,20 @@ BEGIN
 END
 $$;
 
+-- Where the pipeline's applied data ends, written in the same transaction as the data. It,
+-- not origin progress, is where a restart resumes: from PostgreSQL 16 an aborted transaction
+-- that had called pg_replication_origin_xact_setup moves the origin past what it rolled back.
+DO $$
+BEGIN
+    -- guarded: ALTER TABLE locks the table ACCESS EXCLUSIVE even when the column exists
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                    WHERE attrelid = 'replicator.pipelines'::regclass
+                      AND attname = 'applied_lsn' AND NOT attisdropped) THEN
+        ALTER TABLE replicator.pipelines ADD COLUMN IF NOT EXISTS applied_lsn pg_lsn;
+    END IF;
+END
+$$;
+
 -- The id of the masking key the pipeline's hashed columns were written with (keyfile.key_id:
 -- an HMAC of a constant, nothing of the key): when it changes, the daemon re-copies every
 -- table with a `hash` mask under the new key (key rotation, README).

@@ -238,6 +238,42 @@ def test_a_failure_with_a_full_queue_does_not_stop_the_next_session_reading(dbs,
     )
 
 
+FAIL_ONCE_AT_COMMIT = (
+    "CREATE SEQUENCE fail_once",
+    """CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.id = 2 AND nextval('fail_once') = 1 THEN
+            RAISE EXCEPTION 'refused at commit, once' USING ERRCODE = '40001';
+        END IF;
+        RETURN NULL;
+    END $$""",
+    "CREATE CONSTRAINT TRIGGER fail_once AFTER INSERT ON led DEFERRABLE INITIALLY DEFERRED"
+    " FOR EACH ROW EXECUTE FUNCTION fail_once()",
+    "ALTER TABLE led ENABLE ALWAYS TRIGGER fail_once",  # fires under replica role too
+)
+
+
+@pytest.mark.slow
+def test_a_transaction_refused_at_its_commit_is_applied_again_not_skipped(dbs, daemon):
+    """Regression (issue 11.10, PostgreSQL 16+): an abort record carries the origin LSN
+    that pg_replication_origin_xact_setup set, so a target transaction that failed at its
+    COMMIT (here a deferred trigger; in the report a backend ended by a fast shutdown)
+    moved origin progress past the data it rolled back. The restart resumed after it and
+    the batch was gone for good, with no error. PG 18 lost row 2 before the fix."""
+    ddl = "CREATE TABLE led (id int PRIMARY KEY, v text)"
+    execute(dbs.src, ddl)
+    execute(dbs.dst, ddl, *FAIL_ONCE_AT_COMMIT)
+    d = daemon(dbs.config([{"source": "led"}]))
+    wait_until(lambda: streaming(dbs), timeout=60, reason="streaming")
+    execute(dbs.src, "INSERT INTO led VALUES (1, 'a')")
+    wait_until(lambda: scalar(dbs.dst, "SELECT count(*) FROM led") == 1, timeout=30, reason="1")
+    execute(dbs.src, "INSERT INTO led VALUES (2, 'b')")  # its target commit fails once
+    wait_until(lambda: '"pipeline_retry"' in d.log_text(), timeout=30, reason="the commit refused")
+    execute(dbs.src, "INSERT INTO led VALUES (3, 'c')")
+    wait_for_equal(dbs.src, dbs.dst, ["public.led"], timeout=60)
+    assert d.alive()
+
+
 @pytest.mark.slow
 def test_an_idle_source_among_busy_databases_keeps_its_slot_small(dbs, daemon):
     execute(dbs.src, "CREATE TABLE quiet (id int PRIMARY KEY)")
