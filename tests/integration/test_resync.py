@@ -132,6 +132,12 @@ def test_a_source_gone_back_is_refused_and_resync_all_starts_over_from_new_posit
     # holds is far past anything the source has written
     origin = f"replicator_{dbs.pipeline}"
     execute(dbs.dst, f"SELECT pg_replication_origin_advance('{origin}', 'FF/0')")
+    # ...both where a start resumes (applied_lsn, committed with the data) and the origin
+    scalar(
+        dbs.dst,
+        "UPDATE replicator.pipelines SET applied_lsn = 'FF/0' WHERE pipeline = %s RETURNING 1",
+        [dbs.pipeline],
+    )
     d.start()
     wait_until(lambda: '"pipeline_failed"' in d.log_text(), timeout=60, reason="start refused")
     log = d.log_text()
