@@ -207,11 +207,11 @@ def test_a_failure_with_a_full_queue_does_not_stop_the_next_session_reading(dbs,
     batch = {"queue_bytes": "64kB", "flush_bytes": "64kB"}
     daemon(dbs.config([{"source": "big"}], pipeline={"batch": batch}))
     wait_until(lambda: streaming(dbs), timeout=60, reason="streaming")
-    insert = "INSERT INTO big (payload) SELECT repeat('y', 200) FROM generate_series(1, {})"
+    insert = "INSERT INTO big (payload) SELECT repeat('y', 200) FROM generate_series(1, "
     lock = psycopg.connect(dbs.dst)
     lock.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
     try:
-        execute(dbs.src, insert.format(20000))  # ~5 MB: far more than the queue may hold
+        execute(dbs.src, insert + "20000)")  # ~5 MB: far more than the queue may hold
         samples = [_received(dbs)]
 
         def stalled() -> bool:
@@ -230,7 +230,7 @@ def test_a_failure_with_a_full_queue_does_not_stop_the_next_session_reading(dbs,
     finally:
         lock.rollback()
         lock.close()
-    execute(dbs.src, insert.format(100))
+    execute(dbs.src, insert + "100)")
     wait_until(
         lambda: scalar(dbs.dst, "SELECT count(*) FROM big") == 20100,
         timeout=120,
