@@ -6,7 +6,7 @@ PYTHON ?= $(or $(SYSTEM_PY),python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench soak faults clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(VENV)/.installed
 # SOAK_ARGS, e.g. make soak SOAK_ARGS="--duration 1200 --pg 18 --faults kill,cut_target"
 soak: $(VENV)/.installed
 	$(PY) scripts/soak.py $(SOAK_ARGS)
+
+# the restart and cut-route fault tests ROUNDS times in a row beside HOGS busy loops
+faults: $(VENV)/.installed
+	PYTHON=$(PY) scripts/fault_loop.sh $(or $(ROUNDS),30) $(or $(HOGS),1)
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_core.py
