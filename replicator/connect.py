@@ -6,13 +6,19 @@ defaults (``ALTER DATABASE ... SET DateStyle`` included). The settings are defin
 once; every source session that reads values and every target session that writes
 them connects through this module.
 
-I/O only in :func:`connect_source`; no SQL is built here.
+I/O only in :func:`connect_source`; no SQL is built here. :func:`answered_within` bounds
+a step that waits on a server: TCP keepalives catch a dead peer, not a live one that
+never answers (a walsender stuck on START_REPLICATION, a route that swallows bytes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Final
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 
@@ -63,3 +69,16 @@ async def connect_source(dsn: str, application_name: str) -> AsyncConnection:
     return await AsyncConnection.connect(
         source_conninfo(dsn, application_name=application_name), autocommit=True
     )
+
+
+@contextlib.asynccontextmanager
+async def answered_within(seconds: float, what: str, setting: str) -> AsyncIterator[None]:
+    """Run the block within ``seconds``, or fail it as a lost connection (retried) whose
+    message names the step and the setting that bounds it."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise psycopg.OperationalError(
+            f"{what} did not answer within {seconds:g}s ({setting})"
+        ) from None

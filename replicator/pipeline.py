@@ -34,6 +34,7 @@ from replicator.assembler import CHANGE_TAGS, Assembler, NonTransactional, TxnCh
 from replicator.batching import TableBatch, TxnRef
 from replicator.catalog import read_source_relation, read_target_table, relation_name
 from replicator.config import Config, PipelineConfig, QualifiedName, TableConfig
+from replicator.connect import answered_within, connect_source
 from replicator.errors import MaskingError, ProtocolError, SchemaError, SlotError
 from replicator.feedback import Feedback
 from replicator.handoff import Handoff
@@ -139,15 +140,19 @@ class Pipeline:
         pipe, cfg = self.pipe, self.config
         self.stats.state = State.STARTING
         self._reset_session_state()
-        target = await TargetSession.open(
-            cfg.databases[pipe.to].dsn.secret_value,
-            origin=pipe.origin_name,
-            application_name=f"replicator:{pipe.name}:apply",
-            pipeline=pipe.name,
-        )
+        # every step of a start waits on a server: each is bounded, so one that never
+        # answers is retried like a dead route instead of holding the pipeline silent
+        async with answered_within(pipe.target_timeout_s, repr(pipe.to), "target_timeout_s"):
+            target = await TargetSession.open(
+                cfg.databases[pipe.to].dsn.secret_value,
+                origin=pipe.origin_name,
+                application_name=f"replicator:{pipe.name}:apply",
+                pipeline=pipe.name,
+            )
         self._target = target
         try:
-            await control.ensure_schema(target.conn)
+            async with answered_within(pipe.target_timeout_s, repr(pipe.to), "target_timeout_s"):
+                await control.ensure_schema(target.conn)
             plans = await self._preflight(target)
             self._plans_by_name = plans
             source, start = await Startup(
@@ -158,23 +163,21 @@ class Pipeline:
                 self.stats,
                 key_id=key_id(self.hash_key) if self.hash_key else None,
             ).prepare()
-            # a table out of the config had its changes dropped: forget it, so that once
-            # it is back it is copied again like any added table (one renamed on the source
-            # and now configured under its new name is the same table: it carries over)
-            relation_ids = {n: p.relation_id for n, p in plans.items()}
-            await control.adopt_renamed(target.conn, pipe.name, relation_ids)
-            await control.forget_tables(target.conn, pipe.name, plans.keys())
-            tables = await control.read_tables(target.conn, pipe.name)
-            self._skip_by_name = skip_positions(tables)
-            for name in plans.keys() - tables.keys():  # added to the config since: copy it
-                await control.write_table(target.conn, pipe.name, name, "resync")
-            await control.record_relation_ids(target.conn, pipe.name, relation_ids)
-            # the slot's confirmed point never passes origin progress, so confirming `start`
-            # again is safe and gives idle-progress decisions the right baseline
-            self._feedback.on_committed(start)
             self._source = source
             try:
-                await self._start_stream(source, start)
+                async with answered_within(
+                    pipe.target_timeout_s, repr(pipe.to), "target_timeout_s"
+                ):
+                    await self._reconcile_tables(target, plans)
+                # the slot's confirmed point never passes origin progress, so confirming
+                # `start` again is safe and gives idle-progress decisions the right baseline
+                self._feedback.on_committed(start)
+                async with answered_within(
+                    pipe.source_timeout_s,
+                    f"START_REPLICATION on {pipe.from_!r}",
+                    "source_timeout_s",
+                ):
+                    await self._start_stream(source, start)
                 self.stats.state = State.STREAMING
                 self.stats.retry_reason = None
                 self.log.info("pipeline_streaming", start_lsn=str(start))
@@ -208,36 +211,26 @@ class Pipeline:
         problems: list[str] = []
         plans: dict[QualifiedName, TablePlan] = {}
         masking = False
-        async with await psycopg.AsyncConnection.connect(
-            cfg.databases[pipe.from_].dsn.secret_value,
-            autocommit=True,
-            application_name=f"replicator:{pipe.name}:check",
-        ) as src:
-            known = await control.read_relation_ids(target.conn, pipe.name)
+        # each step is bounded, not the whole: a config of thousands of tables takes its
+        # time, a server that stops answering does not
+        either = max(pipe.source_timeout_s, pipe.target_timeout_s)
+        async with answered_within(pipe.source_timeout_s, repr(pipe.from_), "source_timeout_s"):
+            src = await connect_source(
+                cfg.databases[pipe.from_].dsn.secret_value, f"replicator:{pipe.name}:check"
+            )
+        async with src:
+            async with answered_within(pipe.target_timeout_s, repr(pipe.to), "target_timeout_s"):
+                known = await control.read_relation_ids(target.conn, pipe.name)
             for table in pipe.tables:
                 try:
-                    rel = await read_source_relation(src, table.source, oid=known.get(table.source))
-                    now_named = await relation_name(src, rel.relation_id)
-                    if now_named is not None and now_named != table.source:
-                        self.log.warning(
-                            "relation_renamed",
-                            relation=str(table.source),
-                            new_name=str(now_named),
-                            relation_id=rel.relation_id,
-                            fix="followed by its OID; update the config's `source`",
+                    async with answered_within(
+                        either,
+                        f"{pipe.from_!r} or {pipe.to!r} (catalogs of {table.source})",
+                        "source_timeout_s, target_timeout_s",
+                    ):
+                        plans[table.source] = await self._plan_table(
+                            src, target, table, known.get(table.source)
                         )
-                    facts = await read_target_table(target.conn, table.target_name)
-                    plans[table.source] = build_plan(
-                        rel,
-                        table,
-                        facts,
-                        global_masks=cfg.masking.columns,
-                        unclassified=cfg.masking.unclassified,
-                        hash_key=self.hash_key,
-                        tie_source_wins=pipe.tie_source_wins(cfg),
-                        commit_timestamps=target.commit_timestamps,
-                        returned=pipe.return_table(cfg, table),
-                    )
                 except (SchemaError, MaskingError) as exc:
                     problems.append(str(exc))
                     masking |= isinstance(exc, MaskingError)
@@ -245,6 +238,54 @@ class Pipeline:
             cls = MaskingError if masking else SchemaError
             raise cls("\n".join(problems))
         return plans
+
+    async def _plan_table(
+        self,
+        src: psycopg.AsyncConnection[Any],
+        target: TargetSession,
+        table: TableConfig,
+        known_oid: int | None,
+    ) -> TablePlan:
+        pipe, cfg = self.pipe, self.config
+        rel = await read_source_relation(src, table.source, oid=known_oid)
+        now_named = await relation_name(src, rel.relation_id)
+        if now_named is not None and now_named != table.source:
+            self.log.warning(
+                "relation_renamed",
+                relation=str(table.source),
+                new_name=str(now_named),
+                relation_id=rel.relation_id,
+                fix="followed by its OID; update the config's `source`",
+            )
+        facts = await read_target_table(target.conn, table.target_name)
+        return build_plan(
+            rel,
+            table,
+            facts,
+            global_masks=cfg.masking.columns,
+            unclassified=cfg.masking.unclassified,
+            hash_key=self.hash_key,
+            tie_source_wins=pipe.tie_source_wins(cfg),
+            commit_timestamps=target.commit_timestamps,
+            returned=pipe.return_table(cfg, table),
+        )
+
+    async def _reconcile_tables(
+        self, target: TargetSession, plans: dict[QualifiedName, TablePlan]
+    ) -> None:
+        """The tables' control rows against the config, before streaming. A table out of
+        the config had its changes dropped: it is forgotten, so that once back it is copied
+        again like any added table (one renamed on the source and now configured under its
+        new name is the same table: it carries over)."""
+        conn, name = target.conn, self.pipe.name
+        relation_ids = {n: p.relation_id for n, p in plans.items()}
+        await control.adopt_renamed(conn, name, relation_ids)
+        await control.forget_tables(conn, name, plans.keys())
+        tables = await control.read_tables(conn, name)
+        self._skip_by_name = skip_positions(tables)
+        for table in plans.keys() - tables.keys():  # added to the config since: copy it
+            await control.write_table(conn, name, table, "resync")
+        await control.record_relation_ids(conn, name, relation_ids)
 
     def _reset_session_state(self) -> None:
         self._feedback = Feedback()

@@ -22,6 +22,7 @@ I/O orchestration; the copying itself is :mod:`replicator.snapshot`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -34,7 +35,7 @@ from replicator import control
 from replicator.apply import TargetSession
 from replicator.catalog import truncate_facts
 from replicator.config import Config, PipelineConfig, QualifiedName
-from replicator.connect import connect_source
+from replicator.connect import answered_within, connect_source
 from replicator.errors import SchemaError, SlotError
 from replicator.lsn import INVALID_LSN, Lsn
 from replicator.mapping import TablePlan
@@ -84,7 +85,9 @@ class Startup:
         """A replication connection ready for START_REPLICATION, and where to start."""
         repl, start = await self._prepare()
         try:
-            await self._rotate_key()
+            pipe = self.pipe
+            async with answered_within(pipe.target_timeout_s, repr(pipe.to), "target_timeout_s"):
+                await self._rotate_key()
         except BaseException:
             await repl.close()
             raise
@@ -127,9 +130,18 @@ class Startup:
 
     async def _prepare(self) -> tuple[ReplicationConnection, Lsn]:
         pipe = self.pipe
-        await control.ensure_schema(self.target.conn)
-        state = await control.read_pipeline(self.target.conn, pipe.name)
-        async with await connect_source(self.src_dsn, f"replicator:{pipe.name}:plan") as src:
+
+        def both() -> contextlib.AbstractAsyncContextManager[None]:
+            return answered_within(
+                pipe.source_timeout_s + pipe.target_timeout_s,
+                f"{pipe.from_!r} or {pipe.to!r} (checking the slot and progress)",
+                "source_timeout_s + target_timeout_s",
+            )
+
+        async with both():  # the quick checks of a start; a copy takes its own time
+            state = await control.read_pipeline(self.target.conn, pipe.name)
+            src = await connect_source(self.src_dsn, f"replicator:{pipe.name}:plan")
+        async with src:
             if state is None:
                 return await self._first_run(src)
             if state.slot != pipe.slot_name:
@@ -137,23 +149,29 @@ class Startup:
                     f"pipeline {pipe.name!r} streams from slot {state.slot!r}, the config names "
                     f"{pipe.slot_name!r}; run `replicator resync --all` to switch slots"
                 )
-            if not await slot_exists(src, pipe.slot_name):
-                raise SlotError(
-                    f"replication slot {pipe.slot_name!r} on {pipe.from_!r} is missing: it is "
-                    "never recreated silently (changes since it went are lost). "
-                    "Run `replicator resync --all` for a new slot and a full copy"
-                )
-            progress = await self.target.progress()
+            async with both():
+                start = await self._resume_point(src, state)
             if state.state == "copying":
-                assert state.consistent_lsn is not None
-                await self._refuse_progress_ahead(src, max(progress, state.consistent_lsn))
-                await self._resume_copy(src, state.consistent_lsn)
-                start = state.consistent_lsn
-            else:
-                start = progress
-                await self._refuse_progress_ahead(src, start)
+                await self._resume_copy(src, start)
         repl = await self._connect()
         return repl, start
+
+    async def _resume_point(self, src: AsyncConnection, state: control.PipelineState) -> Lsn:
+        """Where a pipeline that ran before resumes, once its slot and progress check out."""
+        pipe = self.pipe
+        if not await slot_exists(src, pipe.slot_name):
+            raise SlotError(
+                f"replication slot {pipe.slot_name!r} on {pipe.from_!r} is missing: it is "
+                "never recreated silently (changes since it went are lost). "
+                "Run `replicator resync --all` for a new slot and a full copy"
+            )
+        progress = await self.target.progress()
+        if state.state == "copying":
+            assert state.consistent_lsn is not None
+            await self._refuse_progress_ahead(src, max(progress, state.consistent_lsn))
+            return state.consistent_lsn
+        await self._refuse_progress_ahead(src, progress)
+        return progress
 
     async def _refuse_progress_ahead(self, src: AsyncConnection, start: Lsn) -> None:
         """Progress past the source's WAL means the source went back in time (a restore, a

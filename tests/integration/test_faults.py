@@ -89,6 +89,37 @@ def test_cut_and_blackholed_routes_are_detected_and_recovered(dbs, daemon, tcp_p
 
 
 @pytest.mark.slow
+def test_a_source_that_never_answers_start_replication_is_retried(dbs, daemon, tcp_proxy):
+    """Soak episode 15127: a daemon started again after a SIGKILL said nothing more and
+    streamed nothing, while the rows written meanwhile never came. Every step of a
+    start waits on a server; one that never answers is a dead route like any other."""
+    workload.create(dbs.src, dbs.dst)
+    proxy = tcp_proxy(dbs.pair.src.port)
+    cfg = dbs.config(
+        workload.TABLES, pipeline={"batch": {"max_delay_ms": 50}, "source_timeout_s": 5}
+    )
+    via = f"host=127.0.0.1 port={proxy.port} dbname={dbs.name} user=postgres connect_timeout=3"
+    cfg["databases"]["src"]["dsn"] = via
+    d = daemon(cfg)
+    wait_until(lambda: streaming(dbs), timeout=60, reason="streaming")
+    with LedgerWorkload(dbs.src) as load:
+        caught_up_once_more(dbs, applied(dbs))
+        proxy.swallow(b"START_REPLICATION")
+        d.kill()
+        d.start()
+        wait_until(lambda: proxy.swallowed == 1, timeout=60, reason="START_REPLICATION sent")
+        wait_until(
+            lambda: "START_REPLICATION on 'src' did not answer" in d.log_text(),
+            timeout=30,
+            reason="the silent walsender given up on within source_timeout_s",
+        )
+        caught_up_once_more(dbs, applied(dbs))
+    assert not load.errors
+    wait_for_equal(dbs.src, dbs.dst, EQUAL_TABLES, timeout=120)
+    assert workload.duplicates(dbs.dst) == 0
+
+
+@pytest.mark.slow
 def test_sigterm_under_load_exits_zero_and_a_restart_applies_nothing_twice(dbs, daemon):
     workload.create(dbs.src, dbs.dst)
     d = daemon(dbs.config(workload.TABLES, pipeline={"batch": {"max_delay_ms": 200}}))

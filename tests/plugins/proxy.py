@@ -4,6 +4,9 @@
 stops forwarding in both directions without closing anything (the sockets look
 healthy, nothing arrives: what a dead route or a half-open connection looks like);
 ``restore()`` forwards again for new connections, closing the ones that went dark.
+``swallow(marker)`` makes the next client message containing ``marker`` vanish: the
+server never sees it, the client waits for an answer (a server that hangs on one
+command, START_REPLICATION say); the connection stays open until the client gives up.
 Runs its own event loop in a thread; loopback only.
 """
 
@@ -22,6 +25,8 @@ class TcpProxy:
         self.upstream_port = upstream_port
         self.port = 0
         self.forwarding = True
+        self.swallowed = 0  # client messages swallowed so far
+        self._swallow: bytes | None = None
         self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
         self._started = threading.Event()
@@ -48,7 +53,7 @@ class TcpProxy:
         # either side closing ends the connection for both, as it would without a proxy:
         # a server that restarts must not leave its client waiting on a dead half
         pumps = [
-            asyncio.ensure_future(self._pump(reader, up_writer)),
+            asyncio.ensure_future(self._pump(reader, up_writer, from_client=True)),
             asyncio.ensure_future(self._pump(up_reader, writer)),
         ]
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -59,13 +64,22 @@ class TcpProxy:
             self._writers.discard(w)
             w.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client=False
+    ) -> None:
+        swallowing = False
         while True:
             while not self.forwarding:  # dark: neither read nor forward, close nothing
                 await asyncio.sleep(0.05)
             data = await reader.read(65536)
             if not data:
                 break
+            if from_client and self._swallow is not None and self._swallow in data:
+                self._swallow = None
+                self.swallowed += 1
+                swallowing = True  # this connection forwards nothing more to the server
+            if swallowing:
+                continue
             while not self.forwarding:
                 await asyncio.sleep(0.05)
             writer.write(data)
@@ -79,6 +93,9 @@ class TcpProxy:
 
     def cut(self) -> None:
         self._loop.call_soon_threadsafe(self._close_all)
+
+    def swallow(self, marker: bytes) -> None:
+        self._swallow = marker
 
     def blackhole(self) -> None:
         self.forwarding = False
