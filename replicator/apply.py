@@ -26,7 +26,7 @@ import structlog
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
-from replicator import sqlgen
+from replicator import control, sqlgen
 from replicator.batching import UPDATE, Entry, Key, Row, TableBatch
 from replicator.catalog import owned_sequences, truncate_facts
 from replicator.classify import Directive, classify
@@ -101,22 +101,9 @@ class TargetSession:
         await self.conn.close()
 
     async def progress(self) -> Lsn:
-        """Where this pipeline's committed progress stands (0/0 if it never applied).
-
-        The truth is ``replicator.pipelines.applied_lsn``, written by :meth:`commit` in the
-        same transaction as the data. Origin progress cannot be trusted for this: from
-        PostgreSQL 16 an *abort* record carries the LSN that
-        ``pg_replication_origin_xact_setup`` set, so a transaction that fails between it and
-        its commit record (a backend terminated by a fast shutdown, a cancel, a deferred
-        constraint) moves the origin past data it never stored. Origin progress serves
-        only a pipeline that has not committed since the column was added."""
-        cur = await self.conn.execute(
-            "SELECT coalesce((SELECT applied_lsn FROM replicator.pipelines"
-            " WHERE pipeline = %s), pg_catalog.pg_replication_origin_session_progress(true))",
-            [self.pipeline],
-        )
-        row = await cur.fetchone()
-        return Lsn(str(row[0])) if row and row[0] is not None else INVALID_LSN
+        """Where this pipeline's committed progress stands (0/0 if it never applied);
+        see :func:`replicator.control.read_progress`."""
+        return await control.read_progress(self.conn, self.pipeline, self.origin) or INVALID_LSN
 
     # -- transaction -----------------------------------------------------------------
 

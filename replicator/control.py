@@ -102,6 +102,26 @@ async def reset_origin(conn: AsyncConnection, origin: str) -> None:
     )
 
 
+async def read_progress(conn: AsyncConnection, pipeline: str, origin: str) -> Lsn | None:
+    """Where a pipeline's committed progress stands: None if it never applied.
+
+    The truth is ``replicator.pipelines.applied_lsn``, written in the same transaction as
+    the data. Origin progress cannot be trusted for this: from PostgreSQL 16 an *abort*
+    record carries the LSN that ``pg_replication_origin_xact_setup`` set, so a transaction
+    that fails between it and its commit record (a backend terminated by a fast shutdown,
+    a cancel, a deferred constraint) moves the origin past data it never stored. Origin
+    progress serves only a pipeline that has not committed since the column was added."""
+    cur = await conn.execute(
+        "SELECT coalesce("
+        " (SELECT applied_lsn FROM replicator.pipelines WHERE pipeline = %s),"
+        " CASE WHEN pg_catalog.pg_replication_origin_oid(%s) IS NOT NULL"
+        " THEN pg_catalog.pg_replication_origin_progress(%s, true) END)::text",
+        [pipeline, origin, origin],
+    )
+    row = await cur.fetchone()
+    return Lsn(row[0]) if row and row[0] is not None else None
+
+
 async def source_position(conn: AsyncConnection) -> Lsn:
     """The source's current WAL position (a standby's: what it has replayed)."""
     cur = await conn.execute(

@@ -1,8 +1,8 @@
 """``replicator status``: where every pipeline stands, read from the databases alone.
 
 Per pipeline: the slot on the source (exists, active, wal_status, retained WAL, confirmed
-position), the source's current position, what the target applied (its replication
-origin's progress, which commits with the data), the lag between the two in bytes and, when
+position), the source's current position, what the target applied (the position committed
+with the data, :func:`replicator.control.read_progress`), the lag between the two in bytes and, when
 the daemon is streaming, in seconds (from its walsender's statistics), the state kept in
 the target's control schema (copying or streaming, paused, per-table copy progress) and
 the open dead letters and conflicts. Works while the daemon is down.
@@ -23,6 +23,7 @@ import orjson
 import psycopg
 from psycopg import AsyncConnection
 
+from replicator import control
 from replicator.catalog import relation_name
 from replicator.config import Config, PipelineConfig, QualifiedName
 from replicator.errors import describe_error
@@ -71,7 +72,7 @@ class PipelineStatus:
     consistent_lsn: str | None = None
     source_lsn: str | None = None  # the source's current WAL position
     source_last_commit: dt.datetime | None = None  # needs track_commit_timestamp
-    applied_lsn: str | None = None  # the target origin's progress
+    applied_lsn: str | None = None  # committed with the data (else the origin's progress)
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     lag_note: str | None = None
@@ -200,6 +201,9 @@ async def _read_target(conn: AsyncConnection, pipe: PipelineConfig, st: Pipeline
     row = await cur.fetchone()
     if row is not None:
         p = row[0]
+        # what was committed with the data, not origin progress alone (it can run ahead)
+        if (progress := await control.read_progress(conn, pipe.name, pipe.origin_name)) is not None:
+            st.applied_lsn = str(progress)
         st.state = p.get("state")
         st.consistent_lsn = p.get("consistent_lsn")
         st.paused = p.get("paused")

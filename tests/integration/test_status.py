@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 
 from replicator import localpg
 from replicator.lsn import Lsn
 from tests.plugins.pg import DbPair, run_cli, wait_for_equal
-from tests.support import execute, toml_dumps, wait_until
+from tests.support import execute, scalar, toml_dumps, wait_until
 
 TABLE = "CREATE TABLE public.events (id int PRIMARY KEY, kind text, at timestamptz)"
 ROWS = "INSERT INTO events SELECT g, 'k' || g % 7, now() FROM generate_series({}, {}) g"
@@ -61,6 +62,28 @@ def test_status_with_the_daemon_down_shows_lag_and_copy_progress(dbs: DbPair, da
     assert f"{dbs.pipeline}  src -> dst  streaming" in text
     assert f"replicator_{dbs.pipeline}: inactive, wal_status reserved" in text
     assert "public.events  ready" in text
+
+
+def test_status_shows_what_was_committed_with_the_data_not_an_origin_run_ahead(dbs: DbPair, daemon):
+    """From PostgreSQL 16 an aborted transaction can move origin progress past data that
+    was never stored; a start resumes from ``applied_lsn`` and status must say the same."""
+    execute(dbs.src, TABLE, ROWS.format(1, 50))
+    execute(dbs.dst, TABLE)
+    d = daemon(dbs.config([{"source": "events"}]))
+    wait_for_equal(dbs.src, dbs.dst, ["public.events"])
+    assert d.stop() == 0
+    _, before, _ = status(d.config_path)
+    applied = scalar(
+        dbs.dst,
+        "SELECT applied_lsn::text FROM replicator.pipelines WHERE pipeline = %s",
+        [dbs.pipeline],
+    )
+    assert before["applied_lsn"] == applied
+    ahead = Lsn(Lsn(applied) + 1_000_000)
+    with psycopg.connect(dbs.dst, autocommit=True) as conn:
+        conn.execute("SELECT pg_replication_origin_advance(%s, %s)", [before["origin"], str(ahead)])
+    _, after, _ = status(d.config_path)
+    assert after["applied_lsn"] == applied, "origin progress shown instead of applied_lsn"
 
 
 def test_status_while_streaming_shows_the_active_slot(dbs: DbPair, daemon):
